@@ -1,0 +1,69 @@
+"""Augmentation on the device, per batch, inside jit.
+
+Images arrive normalised and already reflect-padded (done once for the whole training set),
+so a random crop is a cheap per-image dynamic slice.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def reflect_pad(images: jax.Array, padding: int) -> jax.Array:
+    """Pad NHWC images on H and W by mirroring, as Myrtle does once before training."""
+    if padding == 0:
+        return images
+    return jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)), mode="reflect")
+
+
+def random_crop(key: jax.Array, padded: jax.Array, size: int) -> jax.Array:
+    """One random `size` x `size` window from each padded image."""
+    batch, height, width, _ = padded.shape
+    key_y, key_x = jax.random.split(key)
+    ys = jax.random.randint(key_y, (batch,), 0, height - size + 1)
+    xs = jax.random.randint(key_x, (batch,), 0, width - size + 1)
+
+    def crop_one(image, y, x):
+        return jax.lax.dynamic_slice(image, (y, x, 0), (size, size, image.shape[-1]))
+
+    return jax.vmap(crop_one)(padded, ys, xs)
+
+
+def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
+    """Mirror each image left-right with probability 1/2."""
+    flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
+    return jnp.where(flip, images[:, :, ::-1, :], images)
+
+
+def cutout(key: jax.Array, images: jax.Array, size: int) -> jax.Array:
+    """Zero one `size` x `size` square per image, placed wholly inside the image."""
+    batch, height, width, _ = images.shape
+    key_y, key_x = jax.random.split(key)
+    ys = jax.random.randint(key_y, (batch, 1, 1, 1), 0, height - size + 1)
+    xs = jax.random.randint(key_x, (batch, 1, 1, 1), 0, width - size + 1)
+    rows = jnp.arange(height)[None, :, None, None]
+    cols = jnp.arange(width)[None, None, :, None]
+    inside = (rows >= ys) & (rows < ys + size) & (cols >= xs) & (cols < xs + size)
+    return jnp.where(inside, jnp.zeros((), images.dtype), images)
+
+
+def augment(key: jax.Array, padded: jax.Array, size: int, flip: bool, cutout_size: int) -> jax.Array:
+    """Crop, then flip, then cutout: Myrtle's order."""
+    key_crop, key_flip, key_cut = jax.random.split(key, 3)
+    images = random_crop(key_crop, padded, size)
+    if flip:
+        images = random_flip(key_flip, images)
+    if cutout_size:
+        images = cutout(key_cut, images, cutout_size)
+    return images
+
+
+def epoch_batches(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+    """A fresh permutation cut into full batches: (steps, batch_size) indices.
+
+    The last partial batch is dropped, as Myrtle does, so every step has the same shape.
+    """
+    steps = num_examples // batch_size
+    order = jax.random.permutation(key, num_examples)
+    return order[: steps * batch_size].reshape(steps, batch_size)

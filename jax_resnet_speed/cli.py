@@ -1,0 +1,181 @@
+"""Command line of `python -m jax_resnet_speed.train`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+
+from jax_resnet_speed import presets
+
+EXIT_DATA_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jax_resnet_speed.train",
+        description="Train a ResNet-9 on CIFAR-10 with a Myrtle AI recipe and time it to the target accuracy.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--preset", default=presets.DEFAULT_PRESET, choices=sorted(presets.PRESETS),
+                        help="recipe to train (see --list-presets)")
+    parser.add_argument("--list-presets", action="store_true", help="list the recipes and exit")
+    parser.add_argument("--data", metavar="PATH",
+                        help="CIFAR-10 source: official tarball or batches folder, image-folder tree or archive, "
+                             ".npz, or 'tfds'; default $JAX_RESNET_SPEED_DATA, then the cache, then download")
+    parser.add_argument("--cache-dir", metavar="DIR", help="where decoded datasets are cached "
+                        "(default $XDG_CACHE_HOME/jax_resnet_speed or ~/.cache/jax_resnet_speed)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: the preset's); "
+                        "the lr schedule stretches to fit")
+    parser.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
+    parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"),
+                        help="compute precision; parameters and BN statistics stay fp32 "
+                             "(default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first run; run i uses seed + i")
+    parser.add_argument("--runs", type=int, default=1, help="independent runs, compiled once")
+    parser.add_argument("--target", type=float, help="target test accuracy as a fraction (default: the preset's)")
+    parser.add_argument("--json", metavar="PATH", help="write the machine-readable result here")
+    parser.add_argument("--train-subset", type=int, metavar="N", help="train on the first N training images")
+    parser.add_argument("--test-subset", type=int, metavar="N", help="evaluate on the first N test images")
+    parser.add_argument("--width-mult", type=float, default=1.0, help="scale every channel width (smoke tests)")
+    parser.add_argument("--xla-dump", metavar="DIR",
+                        help="dump the HLO of every program, before and after optimisation, into DIR "
+                             "(read it with python -m jax_resnet_speed.xla_report DIR)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="write a jax.profiler trace of one epoch (after warm-up, not timed) into DIR")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace, backend: str):
+    """The preset with the command-line overrides applied (already validated)."""
+    from jax_resnet_speed.train import RunConfig
+
+    recipe = presets.get_preset(args.preset)
+    if args.epochs is not None:
+        recipe = recipe.with_epochs(args.epochs)
+    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("target", args.target)) if v is not None}
+    recipe = dataclasses.replace(recipe, **overrides)
+    precision = args.precision or ("fp32" if backend == "cpu" else "bf16")
+    return RunConfig(recipe=recipe, precision=precision, width_mult=args.width_mult)
+
+
+def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    recipe = presets.get_preset(args.preset)
+    batch_size = args.batch_size if args.batch_size is not None else recipe.batch_size
+    for name in ("epochs", "batch_size", "runs", "train_subset", "test_subset"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if batch_size % recipe.ghost_bn_splits:
+        parser.error(f"--batch-size {batch_size} is not divisible by the {recipe.ghost_bn_splits} ghost "
+                     f"batch-norm splits of preset {recipe.name}; use a multiple of {recipe.ghost_bn_splits}")
+    if args.width_mult <= 0:
+        parser.error(f"--width-mult must be positive, got {args.width_mult}")
+    if args.target is not None and not 0 < args.target <= 1:
+        parser.error(f"--target is a fraction in (0, 1], got {args.target}")
+
+
+def load_data(args: argparse.Namespace):
+    """The dataset, cut to the requested subsets."""
+    from jax_resnet_speed import data
+
+    dataset = data.load_cifar10(args.data, args.cache_dir)
+    if args.train_subset or args.test_subset:
+        dataset = dataclasses.replace(
+            dataset,
+            train_images=dataset.train_images[:args.train_subset], train_labels=dataset.train_labels[:args.train_subset],
+            test_images=dataset.test_images[:args.test_subset], test_labels=dataset.test_labels[:args.test_subset])
+    return dataset
+
+
+def train_from_args(args: argparse.Namespace) -> int:
+    """Load, compile once, run --runs times, print the table and write the JSON."""
+    import jax
+
+    from jax_resnet_speed import data, report, train
+
+    payload: dict = {"config": None, "environment": report.environment(), "compile_seconds": None,
+                     "runs": [], "summary": None}
+
+    def save() -> None:
+        payload["summary"] = report.summarize(payload["runs"])
+        if args.json:
+            report.write_json(args.json, payload)
+            print(f"wrote {args.json}")
+
+    config = resolve_config(args, jax.default_backend())
+    recipe = config.recipe
+    try:
+        dataset = load_data(args)
+    except data.DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    if len(dataset.train_images) < recipe.batch_size:
+        print(f"error: {len(dataset.train_images)} training images are fewer than one batch of "
+              f"{recipe.batch_size}; lower --batch-size or raise --train-subset", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    payload["config"] = {**config.to_dict(), "seed": args.seed, "runs": args.runs, "data": args.data,
+                         "data_kind": dataset.source_kind, "data_checksum": dataset.checksum,
+                         "train_images": len(dataset.train_images), "test_images": len(dataset.test_images)}
+    env = payload["environment"]
+    print(f"{recipe.name}: {recipe.description}")
+    print(f"{env['device_kind']} ({env['backend']}), jax {env['jax']}, {config.precision}, width x{config.width_mult}, "
+          f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images ({dataset.source_kind})")
+    exit_code = 0
+    try:
+        device_data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
+                                          dataset.test_labels, dataset.mean, dataset.std, recipe,
+                                          train.PRECISIONS[config.precision])
+        programs, payload["compile_seconds"] = train.compile_programs(
+            train.build_programs(config, device_data), device_data, args.seed)
+        print(f"compiled and warmed up in {payload['compile_seconds']:.1f} s (not timed)")
+        if args.profile:
+            train.profile_epoch(programs, device_data, args.seed, args.profile)
+            print(f"wrote a profile of one epoch to {args.profile}")
+        for index in range(args.runs):
+            seed = args.seed + index
+            print(f"\nrun {index + 1}/{args.runs}, seed {seed}")
+            print(report.table_header())
+            record: dict = {}
+            payload["runs"].append(record)
+            try:
+                train.run(programs, device_data, config, seed, lambda m: print(report.table_row(m), flush=True), record)
+            except train.Diverged as error:
+                print(f"error: {error}; stopping this run", file=sys.stderr)
+                exit_code = EXIT_DIVERGED
+            print(report.run_line(record, recipe.target))
+    except KeyboardInterrupt:
+        for record in payload["runs"]:
+            if record.get("status") == "running":
+                record["status"] = "interrupted"
+        print("\ninterrupted: saving what finished", file=sys.stderr)
+        save()
+        return EXIT_INTERRUPTED
+    save()
+    print(report.summary_line(payload["summary"], recipe.target))
+    return exit_code
+
+
+def list_presets() -> None:
+    for name, recipe in presets.PRESETS.items():
+        default = " (default)" if name == presets.DEFAULT_PRESET else ""
+        print(f"{name}{default}: {recipe.description}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_presets:
+        list_presets()
+        return 0
+    validate(args, parser)
+    if args.xla_dump:
+        # Read when XLA initialises, so it must be set before the first JAX computation.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_dump_to={args.xla_dump} --xla_dump_hlo_as_text").strip()
+    return train_from_args(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

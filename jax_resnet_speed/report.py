@@ -1,0 +1,126 @@
+"""Timing results: time to target, the per-epoch table, run summaries and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+# (header, metrics key, format) for the per-epoch table, in Myrtle's column order.
+COLUMNS = (
+    ("epoch", "epoch", "{:>5d}"),
+    ("lr", "lr", "{:>7.4f}"),
+    ("train loss", "train_loss", "{:>10.4f}"),
+    ("train acc", "train_accuracy", "{:>9.4f}"),
+    ("test acc", "test_accuracy", "{:>8.4f}"),
+    ("tta acc", "tta_accuracy", "{:>7.4f}"),
+    ("epoch s", "epoch_seconds", "{:>7.2f}"),
+    ("total s", "train_seconds", "{:>7.2f}"),
+)
+
+
+def table_header() -> str:
+    widths = [len(f.format(0 if key == "epoch" else 0.0)) for _, key, f in COLUMNS]
+    return "  ".join(h.rjust(max(w, len(h))) for (h, _, _), w in zip(COLUMNS, widths))
+
+
+def table_row(metrics: dict) -> str:
+    cells = []
+    for header, key, fmt in COLUMNS:
+        cells.append(fmt.format(metrics[key]).rjust(len(header)))
+    return "  ".join(cells)
+
+
+def seconds_to_target(epochs: Sequence[dict], target: float) -> float | None:
+    """Training seconds at the end of the first epoch whose reported accuracy reaches `target`."""
+    for metrics in epochs:
+        if metrics["accuracy"] >= target:
+            return metrics["train_seconds"]
+    return None
+
+
+def _stats(values: Sequence[float]) -> dict:
+    if not values:
+        return {"mean": None, "std": None, "min": None, "max": None}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}
+
+
+def summarize(runs: Sequence[dict]) -> dict:
+    """Mean, std (sample), min and max of accuracy and training time over the completed runs."""
+    done = [r for r in runs if r["status"] == "completed"]
+    accuracy = _stats([r["final_accuracy"] for r in done])
+    seconds = _stats([r["epochs"][-1]["train_seconds"] for r in done])
+    reached = [r["seconds_to_target"] for r in done if r["seconds_to_target"] is not None]
+    return {
+        "runs": len(runs),
+        "completed_runs": len(done),
+        "mean_accuracy": accuracy["mean"],
+        "std_accuracy": accuracy["std"],
+        "min_accuracy": accuracy["min"],
+        "max_accuracy": accuracy["max"],
+        "runs_reaching_target": len(reached),
+        "median_seconds_to_target": statistics.median(reached) if reached else None,
+        "mean_train_seconds": seconds["mean"],
+        "std_train_seconds": seconds["std"],
+        "min_train_seconds": seconds["min"],
+        "max_train_seconds": seconds["max"],
+    }
+
+
+def run_line(record: dict, target: float) -> str:
+    if record["status"] != "completed":
+        return f"seed {record['seed']}: {record['status']} after {len(record['epochs'])} epochs"
+    result = (f"reached {target:.2%} in {record['seconds_to_target']:.2f} s"
+              if record["seconds_to_target"] is not None else f"did not reach {target:.2%}")
+    return (f"seed {record['seed']}: accuracy {record['final_accuracy']:.4f}, {result} "
+            f"(training {record['epochs'][-1]['train_seconds']:.2f} s)")
+
+
+def summary_line(summary: dict, target: float) -> str:
+    if not summary["completed_runs"]:
+        return f"no run completed ({summary['runs']} started)"
+    median = summary["median_seconds_to_target"]
+    median_text = f"median {median:.2f} s to target" if median is not None else "target not reached"
+    return (f"{summary['completed_runs']} runs: accuracy {summary['mean_accuracy']:.4f} "
+            f"+- {summary['std_accuracy']:.4f} (min {summary['min_accuracy']:.4f}, max {summary['max_accuracy']:.4f}), "
+            f"{summary['runs_reaching_target']}/{summary['completed_runs']} reached {target:.2%}, {median_text}, "
+            f"training {summary['mean_train_seconds']:.2f} +- {summary['std_train_seconds']:.2f} s")
+
+
+def environment() -> dict:
+    import flax
+    import jax
+    import jaxlib
+    import optax
+
+    device = jax.devices()[0]
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+            "optax": optax.__version__, "backend": jax.default_backend(),
+            "device_kind": device.device_kind, "device_count": jax.device_count()}
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN or infinity: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> None:
+    """Write atomically: a temp file in the same folder, then rename over the target."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as handle:
+        json.dump(_finite_or_none(payload), handle, indent=2)
+        handle.write("\n")
+    os.replace(handle.name, path)

@@ -1,0 +1,276 @@
+"""The training loop: state, one jitted train step, evaluation, and timed runs.
+
+Run `python -m jax_resnet_speed.train --help` for the command line (jax_resnet_speed/cli.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jax_resnet_speed import augment, model as model_lib, optim, report
+from jax_resnet_speed.presets import Recipe
+
+PRECISIONS = {"bf16": jnp.bfloat16, "fp16": jnp.float16, "fp32": jnp.float32}
+IMAGE_SIZE = 32
+EVAL_BATCH = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A recipe plus the choices that are not part of it."""
+
+    recipe: Recipe
+    precision: str = "bf16"
+    width_mult: float = 1.0
+
+    def to_dict(self) -> dict:
+        return {**self.recipe.to_dict(), "precision": self.precision, "width_mult": self.width_mult}
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    constants: Any  # frozen: the whitening filters
+    opt_state: Any
+    ema: Any  # {"params", "batch_stats"}, or None without EMA
+    loss_scale: optim.LossScale | None  # fp16 only
+    totals: jax.Array  # running [loss sum, correct, examples] over the whole run
+    rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceData:
+    """The whole dataset on the accelerator, normalised once."""
+
+    train_padded: jax.Array  # (N, 32 + 2p, 32 + 2p, 3), reflect-padded for random crops
+    train_labels: jax.Array
+    test_images: jax.Array  # (batches, EVAL_BATCH, 32, 32, 3)
+    test_labels: jax.Array  # (batches, EVAL_BATCH); -1 marks padding
+
+    @property
+    def num_train(self) -> int:
+        return self.train_padded.shape[0]
+
+
+def put_on_device(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
+                  test_labels: np.ndarray, mean: np.ndarray, std: np.ndarray, recipe: Recipe,
+                  dtype: Any) -> DeviceData:
+    """Upload uint8 images once, then normalise and pad them on the device."""
+    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+
+    @jax.jit
+    def normalise(images):
+        return ((images.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)
+
+    train = augment.reflect_pad(normalise(jnp.asarray(train_images)), recipe.crop_padding)
+    eval_batch = min(EVAL_BATCH, len(test_images))
+    batches = math.ceil(len(test_images) / eval_batch)
+    padding = batches * eval_batch - len(test_images)
+    test = np.concatenate([test_images, np.zeros((padding, *test_images.shape[1:]), np.uint8)])
+    labels = np.concatenate([test_labels, -np.ones(padding, test_labels.dtype)]).astype(np.int32)
+    return DeviceData(
+        train_padded=train,
+        train_labels=jnp.asarray(train_labels, jnp.int32),
+        test_images=normalise(jnp.asarray(test)).reshape(batches, eval_batch, *test.shape[1:]),
+        test_labels=jnp.asarray(labels).reshape(batches, eval_batch),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+    """The pure functions of a run, jitted (and, after `compile`, compiled ahead of time)."""
+
+    init: Callable[[jax.Array, jax.Array], TrainState]
+    epoch_batches: Callable[[jax.Array, jax.Array], jax.Array]
+    train_step: Callable[[TrainState, jax.Array, jax.Array, jax.Array], TrainState]
+    evaluate: Callable[[Any, jax.Array, jax.Array], jax.Array]
+    schedule: optax.Schedule
+    steps_per_epoch: int
+
+
+def build_programs(config: RunConfig, data: DeviceData) -> Programs:
+    recipe = config.recipe
+    dtype = PRECISIONS[config.precision]
+    net = model_lib.ResNet9(recipe, model_lib.scaled_widths(recipe, config.width_mult), dtype)
+    steps_per_epoch = data.num_train // recipe.batch_size
+    schedule = optim.lr_schedule(recipe, steps_per_epoch)
+    optimizer = optim.make_optimizer(recipe, schedule, recipe.batch_size)
+    pad = recipe.crop_padding
+
+    def init(key, train_padded):
+        init_key, rng = jax.random.split(key)
+        train_images = train_padded[:, pad:pad + IMAGE_SIZE, pad:pad + IMAGE_SIZE]
+        variables = net.init(init_key, train_images[:1], train=False)
+        params, batch_stats = variables["params"], variables["batch_stats"]
+        constants = {}
+        if recipe.whitening:
+            whitening_sample = train_images[:recipe.whitening_images]
+            constants = {"whitening": model_lib.patch_whitening_filters(whitening_sample, recipe.whitening_eps)}
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, constants=constants,
+            opt_state=optimizer.init(params),
+            ema={"params": params, "batch_stats": batch_stats} if recipe.ema_momentum else None,
+            loss_scale=optim.LossScale.create() if config.precision == "fp16" else None,
+            totals=jnp.zeros(3, jnp.float32), rng=rng)
+
+    def epoch_batches(rng, epoch):
+        return augment.epoch_batches(jax.random.fold_in(rng, epoch), data.num_train, recipe.batch_size)
+
+    def train_step(state: TrainState, images, labels, batches) -> TrainState:
+        idx = batches[state.step % steps_per_epoch]
+        x = augment.augment(jax.random.fold_in(state.rng, state.step), images[idx], IMAGE_SIZE,
+                            recipe.flip, recipe.cutout)
+        y = labels[idx]
+        scale = state.loss_scale.scale if state.loss_scale is not None else 1.0
+
+        def loss_fn(params):
+            variables = {"params": params, "batch_stats": state.batch_stats, "constants": state.constants}
+            logits, updates = net.apply(variables, x, train=True, mutable=["batch_stats"])
+            losses = optim.smoothed_cross_entropy(logits, y, recipe.label_smoothing)
+            return losses.sum() * scale, (losses, logits, updates["batch_stats"])
+
+        grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new = state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
+                            batch_stats=batch_stats)
+        if state.loss_scale is not None:
+            # fp16: an overflowing step is skipped and the loss scale halved.
+            finite = optim.all_finite(grads)
+            new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
+            new = new.replace(loss_scale=state.loss_scale.adjust(finite))
+        if recipe.ema_momentum:
+            live = {"params": new.params, "batch_stats": new.batch_stats}
+            new = new.replace(ema=optim.ema_update(state.ema, live, state.step, recipe.ema_momentum, recipe.ema_every))
+        correct = jnp.sum(jnp.argmax(logits, -1) == y)
+        totals = state.totals + jnp.stack([losses.sum(), correct, y.size]).astype(jnp.float32)
+        return new.replace(step=state.step + 1, totals=totals)
+
+    def evaluate(variables, images, labels):
+        """[correct, correct with flip TTA, loss sum, examples] over the padded test set."""
+        def one_batch(batch):
+            x, y = batch
+            logits = net.apply(variables, x, train=False)
+            mirrored = net.apply(variables, x[:, :, ::-1], train=False)
+            valid = y >= 0
+            loss = optim.smoothed_cross_entropy(logits, jnp.maximum(y, 0), recipe.label_smoothing)
+            return jnp.stack([jnp.sum((jnp.argmax(logits, -1) == y) & valid),
+                              jnp.sum((jnp.argmax(logits + mirrored, -1) == y) & valid),
+                              jnp.sum(loss * valid), jnp.sum(valid)]).astype(jnp.float32)
+
+        return jax.lax.map(one_batch, (images, labels)).sum(axis=0)
+
+    return Programs(init=jax.jit(init), epoch_batches=jax.jit(epoch_batches),
+                    train_step=jax.jit(train_step, donate_argnums=0), evaluate=jax.jit(evaluate),
+                    schedule=schedule, steps_per_epoch=steps_per_epoch)
+
+
+def eval_variables(state: TrainState) -> dict:
+    """The weights that are evaluated: the EMA copy when the recipe keeps one."""
+    weights = state.ema or {"params": state.params, "batch_stats": state.batch_stats}
+    return {**weights, "constants": state.constants}
+
+
+def compile_programs(programs: Programs, data: DeviceData, seed: int) -> tuple[Programs, float]:
+    """Compile (and autotune) every program ahead of time, then warm each up once.
+
+    Returns the compiled programs and the seconds spent, which stay off the training clock.
+    """
+    start = time.perf_counter()
+    key = jax.random.key(seed)
+    init = programs.init.lower(key, data.train_padded).compile()
+    state = init(key, data.train_padded)
+    epoch_batches = programs.epoch_batches.lower(state.rng, jnp.int32(0)).compile()
+    batches = epoch_batches(state.rng, jnp.int32(0))
+    train_step = programs.train_step.lower(state, data.train_padded, data.train_labels, batches).compile()
+    evaluate = programs.evaluate.lower(eval_variables(state), data.test_images, data.test_labels).compile()
+    # A throw-away step and evaluation: first executions allocate and load kernels.
+    state = train_step(state, data.train_padded, data.train_labels, batches)
+    jax.block_until_ready(evaluate(eval_variables(state), data.test_images, data.test_labels))
+    compiled = dataclasses.replace(programs, init=init, epoch_batches=epoch_batches, train_step=train_step,
+                                   evaluate=evaluate)
+    return compiled, time.perf_counter() - start
+
+
+def train_epoch(programs: Programs, data: DeviceData, state: TrainState, epoch: int) -> TrainState:
+    batches = programs.epoch_batches(state.rng, jnp.int32(epoch))
+    for _ in range(programs.steps_per_epoch):
+        state = programs.train_step(state, data.train_padded, data.train_labels, batches)
+    return state
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+def run(programs: Programs, data: DeviceData, config: RunConfig, seed: int,
+        on_epoch: Callable[[dict], None], record: dict) -> dict:
+    """One timed training run. Fills `record` (seed, status, epochs, ...) as it goes.
+
+    The clock covers the training epochs only; evaluation after each epoch is timed apart.
+    Raises Diverged when the loss stops being finite.
+    """
+    recipe = config.recipe
+    record.update(seed=seed, status="running", epochs=[], final_accuracy=None, seconds_to_target=None)
+    state = jax.block_until_ready(programs.init(jax.random.key(seed), data.train_padded))
+    train_seconds, previous_totals = 0.0, np.zeros(3)
+    for epoch in range(1, recipe.epochs + 1):
+        start = time.perf_counter()
+        state = train_epoch(programs, data, state, epoch)
+        totals = np.asarray(jax.device_get(state.totals))  # waits for the device
+        epoch_seconds = time.perf_counter() - start
+        train_seconds += epoch_seconds
+
+        eval_start = time.perf_counter()
+        correct, correct_tta, loss_sum, count = np.asarray(
+            jax.device_get(programs.evaluate(eval_variables(state), data.test_images, data.test_labels)))
+        eval_seconds = time.perf_counter() - eval_start
+
+        loss_sum_epoch, correct_epoch, seen = totals - previous_totals
+        previous_totals = totals
+        metrics = {
+            "epoch": epoch,
+            "lr": float(programs.schedule(epoch * programs.steps_per_epoch)),
+            "train_loss": float(loss_sum_epoch / seen),
+            "train_accuracy": float(correct_epoch / seen),
+            "test_loss": float(loss_sum / count),
+            "test_accuracy": float(correct / count),
+            "tta_accuracy": float(correct_tta / count),
+            "epoch_seconds": epoch_seconds,
+            "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
+        }
+        metrics["accuracy"] = metrics["tta_accuracy"] if recipe.tta else metrics["test_accuracy"]
+        record["epochs"].append(metrics)
+        on_epoch(metrics)
+        if not math.isfinite(metrics["train_loss"]):
+            record["status"] = "diverged"
+            raise Diverged(f"run with seed {seed} diverged at epoch {epoch}: train loss {metrics['train_loss']}")
+    record["status"] = "completed"
+    record["final_accuracy"] = record["epochs"][-1]["accuracy"]
+    record["seconds_to_target"] = report.seconds_to_target(record["epochs"], recipe.target)
+    return record
+
+
+def profile_epoch(programs: Programs, data: DeviceData, seed: int, trace_dir: str) -> None:
+    """Trace one full epoch of a throw-away run with jax.profiler (after compilation)."""
+    state = jax.block_until_ready(programs.init(jax.random.key(seed), data.train_padded))
+    with jax.profiler.trace(trace_dir):
+        jax.block_until_ready(train_epoch(programs, data, state, epoch=1))
+
+
+if __name__ == "__main__":
+    from jax_resnet_speed.cli import main
+
+    raise SystemExit(main())

@@ -1,0 +1,21 @@
+import numpy as np
+import pytest
+
+
+def make_learnable(n: int, seed: int, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 32x32 images whose class sets a colour and a stripe orientation, plus noise."""
+    rng = np.random.default_rng(seed)
+    palette = np.random.default_rng(1234).integers(30, 225, (num_classes, 3))
+    labels = rng.integers(0, num_classes, n).astype(np.int32)
+    rows = np.arange(32)[:, None]
+    stripes = np.stack([((rows + np.arange(32)[None, :] * (c % 3)) // (2 + c % 4)) % 2 for c in range(num_classes)])
+    images = palette[labels][:, None, None, :] + 40 * stripes[labels][..., None] + rng.normal(0, 20, (n, 32, 32, 3))
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+@pytest.fixture(scope="session")
+def learnable_data():
+    """A small train and test split drawn from the same learnable distribution."""
+    train_images, train_labels = make_learnable(1024, seed=0)
+    test_images, test_labels = make_learnable(300, seed=1)
+    return train_images, train_labels, test_images, test_labels

@@ -1,0 +1,70 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_resnet_speed import augment
+
+
+def images(n=16, size=32, channels=3):
+    return jnp.asarray(np.random.default_rng(0).normal(size=(n, size, size, channels)), jnp.float32)
+
+
+def test_reflect_pad_mirrors_without_repeating_the_edge():
+    x = images(2)
+    padded = augment.reflect_pad(x, 4)
+    assert padded.shape == (2, 40, 40, 3)
+    np.testing.assert_array_equal(padded[:, 4:36, 4:36], x)
+    np.testing.assert_array_equal(padded[:, 3, 4:36], x[:, 1])  # reflect, not edge
+    np.testing.assert_array_equal(padded, np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect"))
+
+
+def test_random_crop_returns_windows_of_the_padded_image_at_varied_offsets():
+    x = images(32)
+    padded = augment.reflect_pad(x, 4)
+    crops = np.asarray(augment.random_crop(jax.random.key(1), padded, 32))
+    assert crops.shape == (32, 32, 32, 3)
+    offsets = set()
+    for i in range(32):
+        found = [(y, x0) for y in range(9) for x0 in range(9)
+                 if np.array_equal(crops[i], np.asarray(padded[i, y:y + 32, x0:x0 + 32]))]
+        assert found, f"crop {i} is not a window of its padded image"
+        offsets.add(found[0])
+    assert len(offsets) > 10
+
+
+def test_random_flip_mirrors_about_half_of_the_images():
+    x = images(400)
+    flipped = np.asarray(augment.random_flip(jax.random.key(2), x))
+    same = np.all(flipped == np.asarray(x), axis=(1, 2, 3))
+    mirrored = np.all(flipped == np.asarray(x)[:, :, ::-1], axis=(1, 2, 3))
+    assert np.all(same ^ mirrored)
+    assert 150 < mirrored.sum() < 250
+
+
+def test_cutout_zeroes_one_square_inside_each_image():
+    ones = jnp.ones((64, 32, 32, 3))
+    out = np.asarray(augment.cutout(jax.random.key(3), ones, 8))
+    for image in out:
+        zero = np.all(image == 0, axis=-1)
+        assert zero.sum() == 64
+        ys, xs = np.nonzero(zero)
+        assert ys.max() - ys.min() == 7 and xs.max() - xs.min() == 7
+        assert np.all(image[~zero] == 1)
+
+
+def test_epoch_batches_are_a_permutation_without_the_last_partial_batch():
+    batches = np.asarray(augment.epoch_batches(jax.random.key(4), 1000, 128))
+    assert batches.shape == (7, 128)
+    assert len(np.unique(batches)) == 7 * 128
+    assert batches.min() >= 0 and batches.max() < 1000
+    other = np.asarray(augment.epoch_batches(jax.random.key(5), 1000, 128))
+    assert not np.array_equal(batches, other)
+
+
+def test_same_key_same_augmentation():
+    padded = augment.reflect_pad(images(8), 4)
+    a = augment.augment(jax.random.key(7), padded, 32, flip=True, cutout_size=8)
+    b = augment.augment(jax.random.key(7), padded, 32, flip=True, cutout_size=8)
+    c = augment.augment(jax.random.key(8), padded, 32, flip=True, cutout_size=8)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
