@@ -161,12 +161,11 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
         """[correct, correct with flip TTA, loss sum, examples] over the padded test set."""
         def one_batch(batch):
             x, y = batch
-            logits = net.apply(variables, x, train=False)
-            mirrored = net.apply(variables, x[:, :, ::-1], train=False)
+            logits, tta = logits_with_tta(lambda v: net.apply(variables, v, train=False), x)
             valid = y >= 0
             loss = optim.smoothed_cross_entropy(logits, jnp.maximum(y, 0), recipe.label_smoothing)
             return jnp.stack([jnp.sum((jnp.argmax(logits, -1) == y) & valid),
-                              jnp.sum((jnp.argmax(logits + mirrored, -1) == y) & valid),
+                              jnp.sum((jnp.argmax(tta, -1) == y) & valid),
                               jnp.sum(loss * valid), jnp.sum(valid)]).astype(jnp.float32)
 
         return jax.lax.map(one_batch, (images, labels)).sum(axis=0)
@@ -174,6 +173,12 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
     return Programs(init=jax.jit(init), epoch_batches=jax.jit(epoch_batches),
                     train_step=jax.jit(train_step, donate_argnums=0), evaluate=jax.jit(evaluate),
                     schedule=schedule, steps_per_epoch=steps_per_epoch)
+
+
+def logits_with_tta(apply: Callable[[jax.Array], jax.Array], images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Plain logits, and the mean of the logits of each image and of its left-right mirror."""
+    logits = apply(images)
+    return logits, (logits + apply(images[:, :, ::-1])) / 2
 
 
 def eval_variables(state: TrainState) -> dict:

@@ -1,0 +1,97 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_resnet_speed import model, presets, train
+
+MEAN, STD = np.array([0.5, 0.5, 0.5]), np.array([0.25, 0.25, 0.25])
+
+
+def tiny(preset, epochs=3, precision="fp32", **changes):
+    recipe = dataclasses.replace(presets.get_preset(preset).with_epochs(epochs), batch_size=128, **changes)
+    return train.RunConfig(recipe, precision=precision, width_mult=0.125)
+
+
+def compiled(config, learnable_data):
+    train_images, train_labels, test_images, test_labels = learnable_data
+    data = train.put_on_device(train_images, train_labels, test_images, test_labels, MEAN, STD, config.recipe,
+                               train.PRECISIONS[config.precision])
+    programs, seconds = train.compile_programs(train.build_programs(config, data), data, seed=0)
+    assert seconds > 0
+    return programs, data
+
+
+def test_tta_is_the_mean_of_the_logits_of_the_image_and_its_mirror():
+    recipe = presets.get_preset("myrtle-resnet9")
+    net = model.ResNet9(recipe, (8, 8, 8, 8))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 32, 32, 3)), jnp.float32)
+    variables = net.init(jax.random.key(0), x, train=False)
+
+    def apply(v):
+        return net.apply(variables, v, train=False)
+
+    logits, tta = train.logits_with_tta(apply, x)
+    np.testing.assert_allclose(logits, apply(x), rtol=1e-6)
+    np.testing.assert_allclose(tta, (apply(x) + apply(jnp.flip(x, axis=2))) / 2, rtol=1e-5, atol=1e-6)
+    _, tta_of_mirror = train.logits_with_tta(apply, jnp.flip(x, axis=2))
+    np.testing.assert_allclose(tta, tta_of_mirror, rtol=1e-5, atol=1e-6)
+
+
+def test_test_set_is_padded_into_whole_batches_with_masked_labels():
+    images = np.zeros((1300, 32, 32, 3), np.uint8)
+    labels = np.arange(1300, dtype=np.int32) % 10
+    data = train.put_on_device(images[:600], labels[:600], images, labels, MEAN, STD,
+                               presets.get_preset("myrtle-final"), jnp.float32)
+    assert data.test_images.shape == (2, 1000, 32, 32, 3)
+    assert int((data.test_labels >= 0).sum()) == 1300
+    assert data.train_padded.shape == (600, 40, 40, 3)
+
+
+@pytest.mark.parametrize("preset", ["myrtle-resnet9", "myrtle-final"])
+def test_tiny_run_learns_far_above_chance(preset, learnable_data):
+    config = tiny(preset, epochs=8)
+    programs, data = compiled(config, learnable_data)
+    epochs = []
+    record = train.run(programs, data, config, seed=0, on_epoch=epochs.append, record={})
+    assert record["status"] == "completed"
+    assert len(record["epochs"]) == 8 and epochs == record["epochs"]
+    assert record["final_accuracy"] >= 0.6, record["epochs"]  # chance is 0.1
+    assert record["epochs"][-1]["train_loss"] < record["epochs"][0]["train_loss"]
+    seconds = [m["train_seconds"] for m in record["epochs"]]
+    assert seconds == sorted(seconds) and all(m["eval_seconds"] > 0 for m in record["epochs"])
+    key = "tta_accuracy" if config.recipe.tta else "test_accuracy"
+    assert record["final_accuracy"] == record["epochs"][-1][key]
+
+
+def test_same_seed_gives_the_same_metrics(learnable_data):
+    config = tiny("myrtle-final", epochs=2)
+    programs, data = compiled(config, learnable_data)
+
+    def metrics(seed):
+        record = train.run(programs, data, config, seed=seed, on_epoch=lambda m: None, record={})
+        return [{k: v for k, v in m.items() if "seconds" not in k} for m in record["epochs"]]
+
+    first = metrics(5)
+    assert metrics(5) == first
+    assert metrics(6) != first
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_trains_with_finite_loss(precision, learnable_data):
+    config = tiny("myrtle-final", epochs=1, precision=precision)
+    programs, data = compiled(config, learnable_data)
+    record = train.run(programs, data, config, seed=0, on_epoch=lambda m: None, record={})
+    assert np.isfinite(record["epochs"][0]["train_loss"])
+    assert data.train_padded.dtype == train.PRECISIONS[precision]
+
+
+def test_diverging_loss_stops_the_run(learnable_data):
+    config = tiny("myrtle-resnet9", epochs=2, lr_knots=((0, 1e6), (2, 1e6)))
+    programs, data = compiled(config, learnable_data)
+    record = {}
+    with pytest.raises(train.Diverged):
+        train.run(programs, data, config, seed=0, on_epoch=lambda m: None, record=record)
+    assert record["status"] == "diverged" and len(record["epochs"]) == 1
