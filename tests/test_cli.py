@@ -1,0 +1,139 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import make_learnable
+from jax_resnet_speed import cli, presets, train
+
+TINY = ["--width-mult", "0.125", "--batch-size", "128", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    train_images, train_labels = make_learnable(512, seed=0)
+    test_images, test_labels = make_learnable(200, seed=1)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, train_images=train_images, train_labels=train_labels, test_images=test_images,
+             test_labels=test_labels, class_names=np.array([f"class{i}" for i in range(10)]))
+    return str(path)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "jax_resnet_speed.train", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_help_explains_every_option():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for flag in ("--preset", "--list-presets", "--data", "--epochs", "--batch-size", "--precision", "--seed",
+                 "--runs", "--target", "--json", "--train-subset", "--test-subset", "--width-mult",
+                 "--xla-dump", "--profile"):
+        assert flag in result.stdout
+
+
+def test_list_presets(capsys):
+    assert cli.main(["--list-presets"]) == 0
+    out = capsys.readouterr().out
+    assert "myrtle-final (default)" in out and "myrtle-resnet9" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "500"], "not divisible by the 16 ghost batch-norm splits"),
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--preset", "nope"], "invalid choice: 'nope'"),
+    (["--target", "94"], "--target is a fraction"),
+])
+def test_bad_flags_exit_2_with_a_usage_message(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_data_is_one_line_and_exit_1(tmp_path):
+    result = run_cli("--data", str(tmp_path / "nowhere.tar.gz"), "--cache-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "nowhere.tar.gz" in errors[0]
+
+
+def test_end_to_end_writes_the_table_and_json(tiny_npz, tmp_path):
+    out = tmp_path / "result.json"
+    result = run_cli("--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "2", "--runs", "2",
+                     "--preset", "myrtle-resnet9", "--train-subset", "384", "--test-subset", "150",
+                     "--json", str(out), *TINY)
+    assert result.returncode == 0, result.stderr
+    assert "epoch       lr  train loss" in result.stdout
+    assert "2 runs: accuracy" in result.stdout
+    payload = json.loads(out.read_text())
+    assert set(payload) == {"config", "environment", "compile_seconds", "runs", "summary"}
+    config = payload["config"]
+    assert config["name"] == "myrtle-resnet9" and config["epochs"] == 2 and config["batch_size"] == 128
+    assert config["train_images"] == 384 and config["test_images"] == 150 and config["width_mult"] == 0.125
+    assert config["lr_knots"][1][0] == pytest.approx(5 / 12)  # stretched to 2 epochs
+    assert {"jax", "jaxlib", "flax", "optax", "device_kind"} <= set(payload["environment"])
+    assert payload["compile_seconds"] > 0
+    assert [r["seed"] for r in payload["runs"]] == [0, 1]
+    for record in payload["runs"]:
+        assert record["status"] == "completed" and len(record["epochs"]) == 2
+        assert 0 <= record["final_accuracy"] <= 1
+        assert "seconds_to_target" in record
+    summary = payload["summary"]
+    assert summary["runs_reaching_target"] + 0 >= 0 and 0 <= summary["mean_accuracy"] <= 1
+    assert {"mean_accuracy", "std_accuracy", "runs_reaching_target", "median_seconds_to_target"} <= set(summary)
+
+
+def test_divergence_exits_non_zero_and_keeps_the_json(tiny_npz, tmp_path, monkeypatch, capsys):
+    wild = presets.Recipe(**{**presets.MYRTLE_RESNET9.to_dict(), "lr_knots": ((0, 1e7), (24, 1e7))})
+    monkeypatch.setitem(presets.PRESETS, "myrtle-resnet9", wild)
+    out = tmp_path / "diverged.json"
+    code = cli.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "1", "--preset",
+                     "myrtle-resnet9", "--json", str(out), *TINY])
+    assert code == cli.EXIT_DIVERGED
+    assert "diverged" in capsys.readouterr().err
+    assert json.loads(out.read_text())["runs"][0]["status"] == "diverged"
+
+
+def test_ctrl_c_writes_what_finished(tiny_npz, tmp_path, monkeypatch):
+    real_run = train.run
+
+    def interrupted_after_one_epoch(programs, data, config, seed, on_epoch, record):
+        def stop(metrics):
+            on_epoch(metrics)
+            raise KeyboardInterrupt
+        return real_run(programs, data, config, seed, stop, record)
+
+    monkeypatch.setattr(train, "run", interrupted_after_one_epoch)
+    out = tmp_path / "partial.json"
+    code = cli.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "3", "--json", str(out), *TINY])
+    assert code == cli.EXIT_INTERRUPTED
+    payload = json.loads(out.read_text())
+    assert payload["runs"][0]["status"] == "interrupted" and len(payload["runs"][0]["epochs"]) == 1
+
+
+def test_xla_dump_then_report_lists_the_train_step_convolutions(tiny_npz, tmp_path):
+    from jax_resnet_speed import xla_report
+
+    dump = tmp_path / "dump"
+    result = run_cli("--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "1", "--preset", "myrtle-resnet9",
+                     "--xla-dump", str(dump), *TINY)
+    assert result.returncode == 0, result.stderr
+    assert list(dump.glob("*jit_train_step*before_optimizations.txt"))
+    assert list(dump.glob("*jit_train_step*after_optimizations.txt"))
+    report = subprocess.run([sys.executable, "-m", "jax_resnet_speed.xla_report", str(dump)],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    assert "Convolutions: 23" in report.stdout  # 8 forward, 7 backward-input (none for the input), 8 backward-filter
+    assert "forward" in report.stdout and "backward-filter" in report.stdout
+
+
+def test_profile_writes_a_trace(tiny_npz, tmp_path):
+    trace = tmp_path / "trace"
+    result = run_cli("--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "1", "--preset", "myrtle-resnet9",
+                     "--profile", str(trace), *TINY)
+    assert result.returncode == 0, result.stderr
+    assert list(trace.rglob("*.xplane.pb"))
