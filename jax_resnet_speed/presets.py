@@ -33,9 +33,12 @@ class Recipe:
     bn_bias_wd_mult: float = 1.0
     label_smoothing: float = 0.0
     # Exponential moving average of the weights (and BN statistics), evaluated in place of
-    # the live weights. `ema_momentum` is per step; the update runs every `ema_every` steps
-    # with momentum ** ema_every.
+    # the live weights. `ema_momentum` is per step in a run of `ema_run_steps` steps (the
+    # recipe's own run on the full dataset); a shorter or longer run stretches the EMA's
+    # horizon with it, as it stretches the lr schedule. The update runs every `ema_every`
+    # steps with (per-step momentum) ** ema_every.
     ema_momentum: float | None = None
+    ema_run_steps: int = 970
     ema_every: int = 5
     tta: bool = False  # evaluate on the mean of the logits of the image and its mirror
     # Augmentation.
@@ -63,6 +66,10 @@ class Recipe:
         knots = tuple((epoch * stretch, lr) for epoch, lr in self.lr_knots)
         return dataclasses.replace(self, epochs=epochs, lr_knots=knots)
 
+    def ema_momentum_per_step(self, run_steps: int) -> float:
+        """The per-step EMA momentum for a run of `run_steps` steps: the same horizon as a fraction of the run."""
+        return self.ema_momentum ** (self.ema_run_steps / run_steps)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -86,6 +93,7 @@ MYRTLE_FINAL = Recipe(
     bn_bias_wd_mult=1 / 64,
     label_smoothing=0.2,
     ema_momentum=0.99,
+    ema_run_steps=10 * (50_000 // 512),
     ema_every=5,
     tta=True,
     cutout=0,

@@ -106,6 +106,8 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
     steps_per_epoch = data.num_train // recipe.batch_size
     schedule = optim.lr_schedule(recipe, steps_per_epoch)
     optimizer = optim.make_optimizer(recipe, schedule, recipe.batch_size)
+    if recipe.ema_momentum:
+        ema_momentum = recipe.ema_momentum_per_step(steps_per_epoch * recipe.epochs)
     pad = recipe.crop_padding
 
     def init(key, train_padded):
@@ -152,7 +154,7 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
             new = new.replace(loss_scale=state.loss_scale.adjust(finite))
         if recipe.ema_momentum:
             live = {"params": new.params, "batch_stats": new.batch_stats}
-            new = new.replace(ema=optim.ema_update(state.ema, live, state.step, recipe.ema_momentum, recipe.ema_every))
+            new = new.replace(ema=optim.ema_update(state.ema, live, state.step, ema_momentum, recipe.ema_every))
         correct = jnp.sum(jnp.argmax(logits, -1) == y)
         totals = state.totals + jnp.stack([losses.sum(), correct, y.size]).astype(jnp.float32)
         return new.replace(step=state.step + 1, totals=totals)
