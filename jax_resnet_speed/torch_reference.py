@@ -1,0 +1,567 @@
+"""The same Myrtle recipes in PyTorch, to compare speed and accuracy with the JAX trainer.
+
+Run `python -m jax_resnet_speed.torch_reference --help`. Every number comes from
+jax_resnet_speed.presets, the data from the same data layer and cache, and the flags,
+table and JSON file are the JAX trainer's (see docs/compare.md for what is kept identical).
+
+Nothing here runs a JAX computation: on a GPU machine that would make JAX grab most of the
+GPU memory. The JAX modules are imported only for plain data and helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+INSTALL_HINT = "PyTorch is not installed; pip install 'jax_resnet_speed[torch]'"
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+except ImportError as error:
+    if __name__ == "__main__":
+        raise SystemExit(f"error: {INSTALL_HINT}") from None
+    raise ImportError(INSTALL_HINT) from error
+
+from jax_resnet_speed import cli, model as jax_model, report, train
+from jax_resnet_speed.data import DataError, Dataset
+from jax_resnet_speed.presets import Recipe
+from jax_resnet_speed.train import EVAL_BATCH, IMAGE_SIZE
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+JAX_ONLY_FLAGS = ("--xla-dump", "--profile")
+
+
+# ----------------------------------------------------------------------------- the network
+
+class GhostBatchNorm(nn.Module):
+    """BatchNorm over `splits` contiguous slices of the batch, in fp32 (model.GhostBatchNorm).
+
+    Each slice is normalised with its own mean and biased variance; the running statistics
+    move towards the mean over slices of the slice means and unbiased variances.
+    """
+
+    def __init__(self, channels: int, recipe: Recipe):
+        super().__init__()
+        self.splits, self.momentum, self.eps = recipe.ghost_bn_splits, recipe.bn_momentum, recipe.bn_eps
+        self.weight = None if recipe.bn_scale_frozen else nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if not self.training or self.splits == 1:
+            # One split is plain batch norm: let cuDNN do it.
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                self.training, self.momentum, self.eps)
+        n, c, h, w = x.shape
+        slices = x.reshape(self.splits, n // self.splits, c, h, w)
+        var, mean = torch.var_mean(slices, dim=(1, 3, 4), correction=0, keepdim=True)
+        y = ((slices - mean) * torch.rsqrt(var + self.eps)).reshape(x.shape)
+        self._update_running_stats(mean, var, count=slices[0].numel() // c)
+        if self.weight is not None:
+            y = y * self.weight.view(1, c, 1, 1)
+        return y + self.bias.view(1, c, 1, 1)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+        m = self.momentum
+        unbiased = var.mean(0).flatten() * (count / max(count - 1, 1))
+        self.running_mean.mul_(1 - m).add_(mean.mean(0).flatten(), alpha=m)
+        self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
+
+
+class ConvBlock(nn.Module):
+    """conv -> BN -> act, with an optional 2x2 max-pool after the conv or at the end."""
+
+    def __init__(self, in_channels: int, out_channels: int, recipe: Recipe, dtype: torch.dtype,
+                 pool: bool = False, kernel: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False)
+        self.bn = GhostBatchNorm(out_channels, recipe)
+        self.act = nn.CELU(recipe.celu_alpha) if recipe.activation == "celu" else nn.ReLU()
+        self.pool_first = pool and recipe.pool_before_bn
+        self.pool_last = pool and not recipe.pool_before_bn
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.pool_first:
+            x = F.max_pool2d(x, 2)
+        # BN and the activation run in fp32; what is stored for the next conv is in the compute dtype.
+        x = self.act(self.bn(x)).to(self.dtype)
+        if self.pool_last:
+            x = F.max_pool2d(x, 2)
+        return x
+
+
+class Residual(nn.Module):
+    def __init__(self, channels: int, recipe: Recipe, dtype: torch.dtype):
+        super().__init__()
+        self.block0 = ConvBlock(channels, channels, recipe, dtype)
+        self.block1 = ConvBlock(channels, channels, recipe, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block1(self.block0(x))
+
+
+class ResNet9(nn.Module):
+    """model.ResNet9 in PyTorch: the same layers, names mapped as Conv_0 -> conv, GhostBatchNorm_0 -> bn."""
+
+    def __init__(self, recipe: Recipe, widths: tuple[int, int, int, int], dtype: torch.dtype,
+                 whitening: np.ndarray | None, num_classes: int = 10):
+        super().__init__()
+        w0, w1, w2, w3 = widths
+        if recipe.whitening:
+            # Frozen (27, 3, 3, 3) filters: a buffer, so neither trained nor averaged.
+            self.register_buffer("whitening", torch.as_tensor(whitening, dtype=torch.float32))
+            self.prep = ConvBlock(27, w0, recipe, dtype, kernel=1)
+        else:
+            self.register_buffer("whitening", None)
+            self.prep = ConvBlock(3, w0, recipe, dtype)
+        self.layer1 = ConvBlock(w0, w1, recipe, dtype, pool=True)
+        self.res1 = Residual(w1, recipe, dtype)
+        self.layer2 = ConvBlock(w1, w2, recipe, dtype, pool=True)
+        self.layer3 = ConvBlock(w2, w3, recipe, dtype, pool=True)
+        self.res3 = Residual(w3, recipe, dtype)
+        self.classifier = nn.Linear(w3, num_classes, bias=False)
+        self.logit_scale = recipe.logit_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.whitening is not None:
+            x = F.conv2d(x, self.whitening, padding=1)
+        x = self.prep(x)
+        x = self.res1(self.layer1(x))
+        x = self.res3(self.layer3(self.layer2(x)))
+        x = self.classifier(x.amax(dim=(2, 3)))
+        return x.float() * self.logit_scale
+
+
+def patch_whitening_filters(images: np.ndarray, eps: float, chunk: int = 500) -> np.ndarray:
+    """model.patch_whitening_filters in numpy (float64), as (27, 3, 3, 3) OIHW conv weights.
+
+    `images` are normalised NHWC. The patch covariance is accumulated over chunks of images,
+    so 10,000 images never hold all 9 million patches at once. Each filter may come out
+    negated relative to JAX's (eigenvectors have no sign); the learnable 1x1 conv after it
+    does not care.
+    """
+    total, outer, count = np.zeros(27), np.zeros((27, 27)), 0
+    for start in range(0, len(images), chunk):
+        patches = _patches(images[start:start + chunk].astype(np.float64))
+        total += patches.sum(axis=0)
+        outer += patches.T @ patches
+        count += len(patches)
+    mean = total / count
+    covariance = (outer - count * np.outer(mean, mean)) / (count - 1)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]  # largest first
+    bank = eigenvectors.T / np.sqrt(eigenvalues + eps)[:, None]  # (27 out, 27 patch in (kh, kw, c) order)
+    return bank.reshape(27, 3, 3, 3).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def whitening_filters(dataset: Dataset, recipe: Recipe) -> np.ndarray | None:
+    """The recipe's frozen whitening filters from the first training images, normalised as on the device."""
+    if not recipe.whitening:
+        return None
+    sample = dataset.train_images[:recipe.whitening_images].astype(np.float32) / 255.0
+    return patch_whitening_filters((sample - dataset.mean) / dataset.std, recipe.whitening_eps)
+
+
+def _patches(images: np.ndarray) -> np.ndarray:
+    """Every valid 3x3 patch, flattened in (kh, kw, c) order like model.extract_patches."""
+    _, h, w, c = images.shape
+    rows = [images[:, dy:h - 2 + dy, dx:w - 2 + dx, :] for dy in range(3) for dx in range(3)]
+    return np.stack(rows, axis=3).reshape(-1, 9 * c)
+
+
+# ------------------------------------------------------------------------------- the data
+
+@dataclasses.dataclass(frozen=True)
+class DeviceData:
+    """The whole dataset on the device, normalised once, NCHW in the chosen memory format."""
+
+    train_padded: torch.Tensor  # (N, 3, 32 + 2p, 32 + 2p), reflect-padded for random crops
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+    @property
+    def num_train(self) -> int:
+        return self.train_padded.shape[0]
+
+
+def put_on_device(dataset: Dataset, recipe: Recipe, dtype: torch.dtype, device: torch.device,
+                  memory_format: torch.memory_format) -> DeviceData:
+    """Upload uint8 images once, then normalise (as train.put_on_device does) and pad them there."""
+    mean = torch.as_tensor(dataset.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.as_tensor(dataset.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def normalise(images: np.ndarray, padding: int = 0) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
+        x = (x.float() / 255.0 - mean) / std
+        if padding:
+            x = F.pad(x, (padding,) * 4, mode="reflect")
+        return x.to(dtype).contiguous(memory_format=memory_format)
+
+    def labels(values: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values), dtype=torch.int64, device=device)
+
+    return DeviceData(train_padded=normalise(dataset.train_images, recipe.crop_padding),
+                      train_labels=labels(dataset.train_labels),
+                      test_images=normalise(dataset.test_images), test_labels=labels(dataset.test_labels))
+
+
+def augment(padded: torch.Tensor, idx: torch.Tensor, recipe: Recipe, generator: torch.Generator,
+            memory_format: torch.memory_format) -> torch.Tensor:
+    """A random crop of each indexed image, then a random flip, then cutout: Myrtle's order."""
+    batch, device = len(idx), padded.device
+
+    def randint(high: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randint(0, high, shape, generator=generator, device=device)
+
+    offsets = torch.arange(IMAGE_SIZE, device=device)
+    window = padded.shape[-1] - IMAGE_SIZE + 1
+    rows = (randint(window, (batch, 1)) + offsets)[:, :, None]
+    cols = (randint(window, (batch, 1)) + offsets)[:, None, :]
+    # Advanced indices split by the channel slice put the indexed dims first: (B, 32, 32, C).
+    x = padded[idx[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    if recipe.flip:
+        flip = torch.rand((batch, 1, 1, 1), generator=generator, device=device) < 0.5
+        x = torch.where(flip, x.flip(3), x)
+    if recipe.cutout:
+        size, span = recipe.cutout, IMAGE_SIZE - recipe.cutout + 1
+        ys, xs = randint(span, (batch, 1, 1, 1)), randint(span, (batch, 1, 1, 1))
+        r, c = offsets.view(1, 1, -1, 1), offsets.view(1, 1, 1, -1)
+        x = x.masked_fill((r >= ys) & (r < ys + size) & (c >= xs) & (c < xs + size), 0)
+    return x.contiguous(memory_format=memory_format)
+
+
+# ------------------------------------------------------------------------- the optimiser
+
+def lr_schedule(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
+    """Myrtle-unit learning rate at a step (optim.lr_schedule): piecewise linear in epochs."""
+    epochs = [e for e, _ in recipe.lr_knots]
+    lrs = [lr for _, lr in recipe.lr_knots]
+    return lambda step: float(np.interp(step / steps_per_epoch, epochs, lrs))
+
+
+def make_optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.SGD:
+    """SGD, Nesterov, coupled weight decay on a summed loss (optim.make_optimizer).
+
+    Each group keeps its lr multiplier; the step sets lr = schedule * lr_mult / batch_size.
+    """
+    wd = recipe.weight_decay * recipe.batch_size
+    named = list(net.named_parameters())
+    bn_biases = [p for name, p in named if name.endswith("bn.bias")]
+    weights = [p for name, p in named if not name.endswith("bn.bias")]
+    groups = [{"params": weights, "weight_decay": wd, "lr_mult": 1.0},
+              {"params": bn_biases, "weight_decay": wd * recipe.bn_bias_wd_mult, "lr_mult": recipe.bn_bias_lr_mult}]
+    return torch.optim.SGD(groups, lr=0.0, momentum=recipe.momentum, nesterov=recipe.nesterov)
+
+
+def averaged_tensors(net: nn.Module) -> list[torch.Tensor]:
+    """What the EMA covers: every parameter and the BN running statistics (not the whitening)."""
+    return list(net.parameters()) + [b for name, b in net.named_buffers() if name != "whitening"]
+
+
+@torch.no_grad()
+def ema_update(ema: Sequence[torch.Tensor], live: Sequence[torch.Tensor], step: int, momentum: float,
+               every: int) -> None:
+    """optim.ema_update: every `every` steps, the bias-corrected move towards the live weights."""
+    if step % every:
+        return
+    rho = momentum ** every
+    mix = (1 - rho) / (1 - rho ** (step // every + 1))
+    for e, p in zip(ema, live):
+        e.add_(p - e, alpha=mix)
+
+
+# ---------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    """A network, its EMA copy, the optimiser and loss scaler, reset from a seed for each run.
+
+    The network is built once so that torch.compile compiles it once; `reset` loads fresh
+    initial weights into it in place.
+    """
+
+    def __init__(self, config: train.RunConfig, device: torch.device, whitening: np.ndarray | None,
+                 steps_per_epoch: int, compile_model: bool = False,
+                 memory_format: torch.memory_format = torch.channels_last):
+        recipe = self.recipe = config.recipe
+        self.config, self.device, self.memory_format = config, device, memory_format
+        self.dtype = DTYPES[config.precision]
+        self.widths = jax_model.scaled_widths(recipe, config.width_mult)
+        self.whitening = whitening
+        self.steps_per_epoch = steps_per_epoch
+        self.schedule = lr_schedule(recipe, steps_per_epoch)
+        # The EMA horizon stretches with the run's length, as in train.build_programs.
+        self.ema_momentum = (recipe.ema_momentum_per_step(steps_per_epoch * recipe.epochs)
+                             if recipe.ema_momentum else None)
+        self.model = self._fresh_model(seed=0)
+        self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False) if recipe.ema_momentum else None
+        self.net = torch.compile(self.model) if compile_model else self.model
+        self.eval_net = torch.compile(self.ema_model) if compile_model and self.ema_model else self.ema_model
+        self.reset(seed=0)
+
+    def _fresh_model(self, seed: int) -> ResNet9:
+        torch.manual_seed(seed)  # PyTorch's default init, drawn from this seed
+        net = ResNet9(self.recipe, self.widths, self.dtype, self.whitening)
+        return net.to(self.device, memory_format=self.memory_format)
+
+    def reset(self, seed: int) -> None:
+        """Fresh initial weights, optimiser, loss scale, step count, totals and random stream."""
+        self.model.load_state_dict(self._fresh_model(seed).state_dict())
+        self.model.train()
+        if self.ema_model is not None:
+            self.ema_model.load_state_dict(self.model.state_dict())
+        self.optimizer = make_optimizer(self.model, self.recipe)
+        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0 ** 15, growth_interval=1000,
+                                           enabled=self.config.precision == "fp16")
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.step = 0
+        self.totals = torch.zeros(2, device=self.device)  # [loss sum, correct] since the reset
+        self.examples = 0
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """One SGD step on a batch that is already augmented."""
+        lr = self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"] / self.recipe.batch_size
+        with self.autocast():
+            logits = self.net(images)
+        loss = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=self.recipe.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflow
+        self.scaler.update()
+        if self.ema_model is not None:
+            ema_update(averaged_tensors(self.ema_model), averaged_tensors(self.model), self.step,
+                       self.ema_momentum, self.recipe.ema_every)
+        self.totals += torch.stack([loss.detach(), (logits.argmax(-1) == labels).sum().float()])
+        self.examples += len(labels)
+        self.step += 1
+
+    def train_epoch(self, data: DeviceData, steps: int | None = None) -> None:
+        """A fresh permutation cut into full batches (the last partial one dropped), augmented per batch."""
+        order = torch.randperm(data.num_train, generator=self.generator, device=self.device)
+        batches = order[:self.steps_per_epoch * self.recipe.batch_size].view(self.steps_per_epoch, -1)
+        for idx in batches[:steps]:
+            images = augment(data.train_padded, idx, self.recipe, self.generator, self.memory_format)
+            self.train_step(images, data.train_labels[idx])
+
+    @torch.no_grad()
+    def evaluate(self, data: DeviceData) -> tuple[float, float, float, float]:
+        """[correct, correct with flip TTA, loss sum, examples] with the EMA (or live) weights."""
+        net = self.eval_net if self.ema_model is not None else self.net
+        self.model.eval()  # the EMA copy is always in eval mode
+        sums = torch.zeros(3, device=self.device)
+        for start in range(0, len(data.test_labels), EVAL_BATCH):
+            x, y = data.test_images[start:start + EVAL_BATCH], data.test_labels[start:start + EVAL_BATCH]
+            with self.autocast():
+                logits, mirrored = net(x), net(x.flip(3))
+            loss = F.cross_entropy(logits, y, reduction="sum", label_smoothing=self.recipe.label_smoothing)
+            # argmax of the summed logits is argmax of their mean: train.logits_with_tta's TTA.
+            sums += torch.stack([(logits.argmax(-1) == y).sum().float(),
+                                 ((logits + mirrored).argmax(-1) == y).sum().float(), loss])
+        self.model.train()
+        correct, correct_tta, loss_sum = sums.tolist()
+        return correct, correct_tta, loss_sum, float(len(data.test_labels))
+
+    def synchronize(self) -> None:
+        """Wait for the device, so the clock reads the end of the work and not of its queueing."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def warm_up(trainer: Trainer, data: DeviceData, seed: int) -> float:
+    """A throw-away step and evaluation (compiling under --compile); returns the seconds, kept off the clock."""
+    start = time.perf_counter()
+    trainer.reset(seed)
+    trainer.train_epoch(data, steps=1)
+    trainer.evaluate(data)
+    trainer.synchronize()
+    return time.perf_counter() - start
+
+
+def run(trainer: Trainer, data: DeviceData, seed: int, on_epoch: Callable[[dict], None], record: dict) -> dict:
+    """One timed run, as train.run: the clock covers the training epochs; evaluation is timed apart."""
+    recipe = trainer.recipe
+    record.update(seed=seed, status="running", epochs=[], final_accuracy=None, seconds_to_target=None)
+    trainer.reset(seed)
+    trainer.synchronize()
+    train_seconds, previous = 0.0, np.zeros(3)
+    for epoch in range(1, recipe.epochs + 1):
+        start = time.perf_counter()
+        trainer.train_epoch(data)
+        trainer.synchronize()
+        epoch_seconds = time.perf_counter() - start
+        train_seconds += epoch_seconds
+        totals = np.array([*trainer.totals.tolist(), trainer.examples])
+
+        eval_start = time.perf_counter()
+        correct, correct_tta, loss_sum, count = trainer.evaluate(data)
+        eval_seconds = time.perf_counter() - eval_start
+
+        loss_sum_epoch, correct_epoch, seen = totals - previous
+        previous = totals
+        metrics = {
+            "epoch": epoch,
+            "lr": trainer.schedule(epoch * trainer.steps_per_epoch),
+            "train_loss": float(loss_sum_epoch / seen),
+            "train_accuracy": float(correct_epoch / seen),
+            "test_loss": loss_sum / count,
+            "test_accuracy": correct / count,
+            "tta_accuracy": correct_tta / count,
+            "epoch_seconds": epoch_seconds,
+            "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
+        }
+        metrics["accuracy"] = metrics["tta_accuracy"] if recipe.tta else metrics["test_accuracy"]
+        record["epochs"].append(metrics)
+        on_epoch(metrics)
+        if not math.isfinite(metrics["train_loss"]):
+            record["status"] = "diverged"
+            raise train.Diverged(f"run with seed {seed} diverged at epoch {epoch}: train loss {metrics['train_loss']}")
+    record["status"] = "completed"
+    record["final_accuracy"] = record["epochs"][-1]["accuracy"]
+    record["seconds_to_target"] = report.seconds_to_target(record["epochs"], recipe.target)
+    return record
+
+
+# ------------------------------------------------------------------------ the command line
+
+def environment(device: torch.device, compiled: bool) -> dict:
+    """report.environment's keys that are not JAX's, for PyTorch."""
+    cuda = device.type == "cuda"
+    return {"torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if cuda else None, "compile": compiled, "backend": device.type,
+            "device_kind": torch.cuda.get_device_name(device) if cuda else "cpu",
+            "device_count": torch.cuda.device_count() if cuda else 1, "threads": torch.get_num_threads(),
+            "python": platform.python_version()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The JAX trainer's flags (cli.build_parser), plus --device, --compile and --memory-format."""
+    parser = argparse.ArgumentParser(
+        prog="python -m jax_resnet_speed.torch_reference", parents=[cli.build_parser()], conflict_handler="resolve",
+        description="Train the same ResNet-9 recipe in PyTorch, timed like the JAX trainer.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for flag in JAX_ONLY_FLAGS:
+        parser.add_argument(flag, help=argparse.SUPPRESS)  # inherited but meaningless here: refused
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device (cuda, cuda:1, cpu)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network (forward and backward); "
+                        "compilation happens in the untimed warm-up")
+    parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last",
+                        help="layout of images and conv weights")
+    return parser
+
+
+def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    cli.validate(args, parser)
+    for flag in JAX_ONLY_FLAGS:
+        if getattr(args, flag[2:].replace("-", "_")) is not None:
+            parser.error(f"{flag} is for the JAX trainer only")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r} is not a torch device")
+    if device.type not in ("cuda", "cpu"):
+        parser.error(f"--device must be cuda or cpu, got {args.device}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this PyTorch ({torch.__version__}) sees no CUDA GPU")
+
+
+def train_from_args(args: argparse.Namespace) -> int:
+    """Load, warm up once, run --runs times, print the table and write the JSON (as cli.train_from_args)."""
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotune convolutions in the warm-up, as XLA does at compile
+    payload: dict = {"config": None, "environment": environment(device, args.compile), "compile_seconds": None,
+                     "runs": [], "summary": None}
+
+    def save() -> None:
+        payload["summary"] = report.summarize(payload["runs"])
+        if args.json:
+            report.write_json(args.json, payload)
+            print(f"wrote {args.json}")
+
+    config = cli.resolve_config(args, "cpu" if device.type == "cpu" else "gpu")
+    recipe = config.recipe
+    try:
+        dataset = cli.load_data(args)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return cli.EXIT_DATA_ERROR
+    if len(dataset.train_images) < recipe.batch_size:
+        print(f"error: {len(dataset.train_images)} training images are fewer than one batch of "
+              f"{recipe.batch_size}; lower --batch-size or raise --train-subset", file=sys.stderr)
+        return cli.EXIT_DATA_ERROR
+    payload["config"] = {**config.to_dict(), "seed": args.seed, "runs": args.runs, "data": args.data,
+                         "data_kind": dataset.source_kind, "data_checksum": dataset.checksum,
+                         "train_images": len(dataset.train_images), "test_images": len(dataset.test_images),
+                         "framework": "torch-compile" if args.compile else "torch", "device": str(device),
+                         "memory_format": args.memory_format}
+    env = payload["environment"]
+    print(f"{recipe.name}: {recipe.description}")
+    print(f"{env['device_kind']} ({env['backend']}), torch {env['torch']}{' compiled' if args.compile else ''}, "
+          f"{config.precision}, width x{config.width_mult}, "
+          f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images ({dataset.source_kind})")
+    exit_code = 0
+    try:
+        memory_format = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+        device_data = put_on_device(dataset, recipe, DTYPES[config.precision], device, memory_format)
+        steps_per_epoch = device_data.num_train // recipe.batch_size
+        trainer = Trainer(config, device, whitening_filters(dataset, recipe), steps_per_epoch,
+                          compile_model=args.compile, memory_format=memory_format)
+        payload["compile_seconds"] = warm_up(trainer, device_data, args.seed)
+        print(f"{'compiled and ' if args.compile else ''}warmed up in {payload['compile_seconds']:.1f} s (not timed)")
+        for index in range(args.runs):
+            seed = args.seed + index
+            print(f"\nrun {index + 1}/{args.runs}, seed {seed}")
+            print(report.table_header())
+            record: dict = {}
+            payload["runs"].append(record)
+            try:
+                run(trainer, device_data, seed, lambda m: print(report.table_row(m), flush=True), record)
+            except train.Diverged as error:
+                print(f"error: {error}; stopping this run", file=sys.stderr)
+                exit_code = cli.EXIT_DIVERGED
+            print(report.run_line(record, recipe.target))
+    except KeyboardInterrupt:
+        for record in payload["runs"]:
+            if record.get("status") == "running":
+                record["status"] = "interrupted"
+        print("\ninterrupted: saving what finished", file=sys.stderr)
+        save()
+        return cli.EXIT_INTERRUPTED
+    save()
+    print(report.summary_line(payload["summary"], recipe.target))
+    return exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_presets:
+        cli.list_presets()
+        return 0
+    validate(args, parser)
+    return train_from_args(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

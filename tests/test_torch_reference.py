@@ -1,0 +1,242 @@
+import dataclasses
+import json
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.filterwarnings("ignore:this is not the full CIFAR-10")
+
+from conftest import make_learnable  # noqa: E402
+from jax_resnet_speed import cli, model, presets, train  # noqa: E402
+from jax_resnet_speed import torch_reference as tr  # noqa: E402
+
+MEAN, STD = np.array([0.5, 0.5, 0.5], np.float32), np.array([0.25, 0.25, 0.25], np.float32)
+BATCH = 64  # 4 images in each of myrtle-final's 16 ghost splits
+TINY = ["--width-mult", "0.125", "--batch-size", "64", "--precision", "fp32", "--epochs", "1",
+        "--train-subset", "256", "--test-subset", "100"]
+
+# Flax module and variable names -> the PyTorch model's.
+RENAMES = {"Conv_0": "conv", "GhostBatchNorm_0": "bn", "ConvBlock_0": "block0", "ConvBlock_1": "block1",
+           "kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
+
+
+def as_torch(tree) -> dict[str, np.ndarray]:
+    """A Flax variable tree as a PyTorch state dict: renamed, HWIO -> OIHW, (in, out) -> (out, in)."""
+    def layout(value):
+        value = np.array(value)  # a copy: the train step donates the JAX buffers
+        return {4: lambda v: v.transpose(3, 2, 0, 1), 2: lambda v: v.T}.get(value.ndim, lambda v: v)(value)
+
+    return {".".join(RENAMES.get(k.key, k.key) for k in path): layout(value)
+            for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def one_step_recipe(preset: str) -> presets.Recipe:
+    """The preset with augmentation off (so both frameworks see the same batch), the EMA updated
+    every step, and a learning rate that is not zero at step 0 (the presets warm up from 0)."""
+    return dataclasses.replace(presets.get_preset(preset), batch_size=BATCH, crop_padding=0, flip=False, cutout=0,
+                               lr_knots=((0.0, 0.4), (4.0, 0.1)), ema_every=1)
+
+
+def jax_steps(config, images, labels, steps):
+    """Initial and after-each-step variables and cumulative loss of the JAX trainer."""
+    data = train.put_on_device(images, labels, images[:10], labels[:10], MEAN, STD, config.recipe, jnp.float32)
+    programs = train.build_programs(config, data)
+    state = programs.init(jax.random.key(0), data.train_padded)
+    batches = jnp.arange(BATCH)[None]  # step 0 (and every step: one step per epoch) trains on images 0..B-1
+
+    def snapshot(s):
+        return {"live": {**as_torch(s.params), **as_torch(s.batch_stats)},
+                "ema": {**as_torch(s.ema["params"]), **as_torch(s.ema["batch_stats"])} if s.ema else None,
+                "whitening": as_torch(s.constants).get("whitening"), "loss": float(s.totals[0])}
+
+    history = [snapshot(state)]
+    for _ in range(steps):
+        state = programs.train_step(state, data.train_padded, data.train_labels, batches)
+        history.append(snapshot(state))
+    return history
+
+
+def torch_trainer(config, images, labels, start):
+    """A PyTorch trainer whose EMA holds the JAX initial weights, and its (unaugmented) batch."""
+    dataset = types.SimpleNamespace(train_images=images, train_labels=labels, test_images=images[:10],
+                                    test_labels=labels[:10], mean=MEAN, std=STD)
+    cpu = torch.device("cpu")
+    data = tr.put_on_device(dataset, config.recipe, torch.float32, cpu, torch.contiguous_format)
+    trainer = tr.Trainer(config, cpu, start["whitening"], steps_per_epoch=1, memory_format=torch.contiguous_format)
+    if trainer.ema_model is not None:
+        load(trainer.ema_model, start["live"], start["whitening"])
+    return trainer, data.train_padded[:BATCH], data.train_labels[:BATCH]
+
+
+def load(net, variables: dict, whitening) -> None:
+    state = {**variables, **({} if whitening is None else {"whitening": whitening})}
+    # strict: every PyTorch tensor has a JAX counterpart, and the other way round.
+    net.load_state_dict({name: torch.from_numpy(value) for name, value in state.items()}, strict=True)
+
+
+def state_of(net) -> dict[str, np.ndarray]:
+    return {name: value.detach().numpy() for name, value in net.state_dict().items() if name != "whitening"}
+
+
+def assert_same(actual: dict, expected: dict, before: dict) -> None:
+    """The same step: every tensor moved, and by the same amount to float32 accuracy.
+
+    The frameworks sum convolutions in different orders, so gradients differ in their last
+    bits; measured, every update agrees to 2e-5 of its largest element. We allow 1e-4 of it,
+    which still catches a missing weight decay (about 1e-3 of an update here) or a wrong
+    multiplier; and the weights themselves to rtol 1e-4, atol 1e-5.
+    """
+    assert set(actual) == set(expected)
+    for name in expected:
+        update, expected_update = actual[name] - before[name], expected[name] - before[name]
+        largest = np.abs(expected_update).max()
+        assert largest > 0, f"{name} did not move"
+        np.testing.assert_allclose(update, expected_update, rtol=0, atol=1e-4 * largest, err_msg=name)
+        np.testing.assert_allclose(actual[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("preset", ["myrtle-final", "myrtle-resnet9"])
+def test_one_training_step_matches_jax(preset):
+    config = train.RunConfig(one_step_recipe(preset), precision="fp32", width_mult=0.125)
+    images, labels = make_learnable(BATCH, seed=3)
+    history = jax_steps(config, images, labels, steps=2)
+    trainer, x, y = torch_trainer(config, images, labels, history[0])
+    for step in (1, 2):  # the second step also checks the momentum buffers and the second EMA update
+        # Each step starts from JAX's weights. Gradients of a max-pooling net jump where two
+        # pooled values swap order, and some 2x2 windows hold values 1e-7 apart: the 1e-8
+        # differences one step leaves in the weights can swap one and move a gradient by 1e-3.
+        # The optimiser's momentum and the EMA copy stay PyTorch's own.
+        load(trainer.model, history[step - 1]["live"], history[0]["whitening"])
+        trainer.train_step(x, y)
+        expected = history[step]
+        assert trainer.totals[0].item() == pytest.approx(expected["loss"], rel=1e-5)
+        assert_same(state_of(trainer.model), expected["live"], history[step - 1]["live"])
+        if config.recipe.ema_momentum:
+            assert_same(state_of(trainer.ema_model), expected["ema"], history[step - 1]["ema"])
+
+
+def test_numpy_whitening_matches_jax_up_to_the_sign_of_each_filter():
+    images = ((make_learnable(64, seed=4)[0] / 255.0 - MEAN) / STD).astype(np.float32)
+    ours = tr.patch_whitening_filters(images, eps=1e-2, chunk=10).reshape(27, 27)
+    theirs = np.asarray(model.patch_whitening_filters(jnp.asarray(images), 1e-2)).transpose(3, 2, 0, 1).reshape(27, 27)
+    # Both banks are rows v_i / sqrt(l_i + eps): the same row norms, and the same bank^T bank = (C + eps)^-1.
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), np.linalg.norm(theirs, axis=1), rtol=1e-3)
+    np.testing.assert_allclose(ours.T @ ours, theirs.T @ theirs, rtol=1e-3, atol=1e-3)
+
+
+def test_augmentation_crops_flips_and_cuts_out_on_the_device():
+    recipe = dataclasses.replace(presets.MYRTLE_RESNET9, cutout=8)
+    padded = torch.arange(2 * 3 * 40 * 40, dtype=torch.float32).view(2, 3, 40, 40) + 1  # no zeros
+    generator = torch.Generator().manual_seed(0)
+    idx = torch.tensor([1, 0, 1, 1])
+    out = tr.augment(padded, idx, recipe, generator, torch.channels_last)
+    assert out.shape == (4, 3, 32, 32) and out.is_contiguous(memory_format=torch.channels_last)
+    for image, source in zip(out, idx):
+        zeroed = (image == 0).all(dim=0)
+        assert zeroed.sum() == 64  # one 8x8 square
+        rows, cols = zeroed.nonzero().T
+        assert rows.max() - rows.min() == 7 and cols.max() - cols.min() == 7
+        windows = [padded[source, :, y:y + 32, x:x + 32] for y in range(9) for x in range(9)]
+        windows += [w.flip(2) for w in windows]
+        assert any(torch.equal(torch.where(zeroed, 0, w), image) for w in windows)
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    train_images, train_labels = make_learnable(256, seed=0)
+    test_images, test_labels = make_learnable(100, seed=1)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, train_images=train_images, train_labels=train_labels, test_images=test_images,
+             test_labels=test_labels, class_names=np.array([f"class{i}" for i in range(10)]))
+    return str(path)
+
+
+def keys_of(payload: dict) -> dict:
+    run = payload["runs"][0]
+    return {"top": set(payload), "run": set(run), "epoch": set(run["epochs"][0]), "summary": set(payload["summary"])}
+
+
+def test_writes_every_key_the_jax_trainer_writes(tiny_npz, tmp_path, capsys):
+    flags = ["--data", tiny_npz, "--cache-dir", str(tmp_path), "--preset", "myrtle-final", *TINY]
+    assert cli.main([*flags, "--json", str(tmp_path / "jax.json")]) == 0
+    assert tr.main([*flags, "--json", str(tmp_path / "torch.json"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch       lr  train loss" in out and "1 runs: accuracy" in out
+    jax_payload = json.loads((tmp_path / "jax.json").read_text())
+    torch_payload = json.loads((tmp_path / "torch.json").read_text())
+    assert keys_of(torch_payload) == keys_of(jax_payload)
+    assert set(jax_payload["config"]) <= set(torch_payload["config"])
+    assert torch_payload["config"]["framework"] == "torch"
+    assert {"torch", "backend", "device_kind", "device_count"} <= set(torch_payload["environment"])
+    run = torch_payload["runs"][0]
+    assert run["status"] == "completed" and 0 <= run["final_accuracy"] <= 1
+    assert run["final_accuracy"] == run["epochs"][-1]["tta_accuracy"]  # myrtle-final reports TTA
+    assert torch_payload["compile_seconds"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "500"], "not divisible by the 16 ghost batch-norm splits"),
+    (["--profile", "trace"], "--profile is for the JAX trainer only"),
+    (["--device", "meta"], "--device must be cuda or cpu"),
+    (["--precision", "fp8"], "invalid choice: 'fp8'"),
+])
+def test_bad_flags_exit_2_with_a_usage_message(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tr.main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_is_one_line_and_exit_1(tmp_path, capsys):
+    code = tr.main(["--data", str(tmp_path / "nowhere.npz"), "--cache-dir", str(tmp_path), "--device", "cpu"])
+    assert code == cli.EXIT_DATA_ERROR
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error:") and "nowhere.npz" in err
+
+
+def test_divergence_exits_3_and_keeps_the_json(tiny_npz, tmp_path, monkeypatch, capsys):
+    wild = dataclasses.replace(presets.MYRTLE_RESNET9, lr_knots=((0, 1e20), (24, 1e20)))
+    monkeypatch.setitem(presets.PRESETS, "myrtle-resnet9", wild)
+    out = tmp_path / "diverged.json"
+    code = tr.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--preset", "myrtle-resnet9",
+                    "--json", str(out), "--device", "cpu", *TINY])
+    assert code == cli.EXIT_DIVERGED
+    assert "diverged" in capsys.readouterr().err
+    assert json.loads(out.read_text())["runs"][0]["status"] == "diverged"
+
+
+def test_ctrl_c_writes_what_finished(tiny_npz, tmp_path, monkeypatch):
+    real_run = tr.run
+
+    def interrupted_after_one_epoch(trainer, data, seed, on_epoch, record):
+        def stop(metrics):
+            on_epoch(metrics)
+            raise KeyboardInterrupt
+        return real_run(trainer, data, seed, stop, record)
+
+    monkeypatch.setattr(tr, "run", interrupted_after_one_epoch)
+    out = tmp_path / "partial.json"
+    code = tr.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--json", str(out), "--device", "cpu",
+                    *TINY[:-4], "--epochs", "3"])
+    assert code == cli.EXIT_INTERRUPTED
+    payload = json.loads(out.read_text())
+    assert payload["runs"][0]["status"] == "interrupted" and len(payload["runs"][0]["epochs"]) == 1
+
+
+@pytest.mark.parametrize("how, expected", [
+    ("import jax_resnet_speed.torch_reference", "ImportError: PyTorch is not installed; "
+                                                "pip install 'jax_resnet_speed[torch]'"),
+    ("import runpy; runpy.run_module('jax_resnet_speed.torch_reference', run_name='__main__')",
+     "error: PyTorch is not installed; pip install 'jax_resnet_speed[torch]'"),
+])
+def test_without_torch_the_error_names_the_extra(how, expected):
+    hide_torch = "import sys; sys.modules['torch'] = None; "  # makes `import torch` raise ImportError
+    result = subprocess.run([sys.executable, "-c", hide_torch + how], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == expected
