@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from jax_resnet_speed import presets
 
@@ -89,14 +89,30 @@ def load_data(args: argparse.Namespace):
     return dataset
 
 
-def train_from_args(args: argparse.Namespace) -> int:
-    """Load, compile once, run --runs times, print the table and write the JSON."""
-    import jax
+def load_run_data(args: argparse.Namespace, config) -> tuple:
+    """The dataset and the `config` section of the JSON. Raises data.DataError."""
+    from jax_resnet_speed import data
 
-    from jax_resnet_speed import data, report, train
+    dataset = load_data(args)
+    if len(dataset.train_images) < config.recipe.batch_size:
+        raise data.DataError(f"{len(dataset.train_images)} training images are fewer than one batch of "
+                             f"{config.recipe.batch_size}; lower --batch-size or raise --train-subset")
+    resolved = {**config.to_dict(), "seed": args.seed, "runs": args.runs, "data": args.data,
+                "data_kind": dataset.source_kind, "data_checksum": dataset.checksum,
+                "train_images": len(dataset.train_images), "test_images": len(dataset.test_images)}
+    return dataset, resolved
 
-    payload: dict = {"config": None, "environment": report.environment(), "compile_seconds": None,
-                     "runs": [], "summary": None}
+
+RunOne = Callable[[int, Callable[[dict], None], dict], dict]
+
+
+def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Callable[[], RunOne]) -> int:
+    """Upload and compile (`prepare`, which returns the run function), then --runs timed runs.
+
+    Prints the epoch table of each run and the summary, and writes the JSON at the end, or with
+    what finished on Ctrl-C. Returns the exit code.
+    """
+    from jax_resnet_speed import report
 
     def save() -> None:
         payload["summary"] = report.summarize(payload["runs"])
@@ -104,26 +120,54 @@ def train_from_args(args: argparse.Namespace) -> int:
             report.write_json(args.json, payload)
             print(f"wrote {args.json}")
 
+    exit_code = 0
+    try:
+        run_one = prepare()
+        for index in range(args.runs):
+            seed = args.seed + index
+            print(f"\nrun {index + 1}/{args.runs}, seed {seed}")
+            print(report.table_header())
+            record: dict = {}
+            payload["runs"].append(record)
+            try:
+                run_one(seed, lambda m: print(report.table_row(m), flush=True), record)
+            except report.Diverged as error:
+                print(f"error: {error}; stopping this run", file=sys.stderr)
+                exit_code = EXIT_DIVERGED
+            print(report.run_line(record, target))
+    except KeyboardInterrupt:
+        for record in payload["runs"]:
+            if record.get("status") == "running":
+                record["status"] = "interrupted"
+        print("\ninterrupted: saving what finished", file=sys.stderr)
+        save()
+        return EXIT_INTERRUPTED
+    save()
+    print(report.summary_line(payload["summary"], target))
+    return exit_code
+
+
+def train_from_args(args: argparse.Namespace) -> int:
+    """Load, compile once, run --runs times, print the table and write the JSON."""
+    import jax
+
+    from jax_resnet_speed import data, report, train
+
     config = resolve_config(args, jax.default_backend())
     recipe = config.recipe
+    payload: dict = {"config": None, "environment": report.environment(), "compile_seconds": None,
+                     "runs": [], "summary": None}
     try:
-        dataset = load_data(args)
+        dataset, payload["config"] = load_run_data(args, config)
     except data.DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_DATA_ERROR
-    if len(dataset.train_images) < recipe.batch_size:
-        print(f"error: {len(dataset.train_images)} training images are fewer than one batch of "
-              f"{recipe.batch_size}; lower --batch-size or raise --train-subset", file=sys.stderr)
-        return EXIT_DATA_ERROR
-    payload["config"] = {**config.to_dict(), "seed": args.seed, "runs": args.runs, "data": args.data,
-                         "data_kind": dataset.source_kind, "data_checksum": dataset.checksum,
-                         "train_images": len(dataset.train_images), "test_images": len(dataset.test_images)}
     env = payload["environment"]
     print(f"{recipe.name}: {recipe.description}")
     print(f"{env['device_kind']} ({env['backend']}), jax {env['jax']}, {config.precision}, width x{config.width_mult}, "
           f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images ({dataset.source_kind})")
-    exit_code = 0
-    try:
+
+    def prepare() -> RunOne:
         device_data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
                                           dataset.test_labels, dataset.mean, dataset.std, recipe,
                                           train.PRECISIONS[config.precision])
@@ -133,28 +177,9 @@ def train_from_args(args: argparse.Namespace) -> int:
         if args.profile:
             train.profile_epoch(programs, device_data, args.seed, args.profile)
             print(f"wrote a profile of one epoch to {args.profile}")
-        for index in range(args.runs):
-            seed = args.seed + index
-            print(f"\nrun {index + 1}/{args.runs}, seed {seed}")
-            print(report.table_header())
-            record: dict = {}
-            payload["runs"].append(record)
-            try:
-                train.run(programs, device_data, config, seed, lambda m: print(report.table_row(m), flush=True), record)
-            except train.Diverged as error:
-                print(f"error: {error}; stopping this run", file=sys.stderr)
-                exit_code = EXIT_DIVERGED
-            print(report.run_line(record, recipe.target))
-    except KeyboardInterrupt:
-        for record in payload["runs"]:
-            if record.get("status") == "running":
-                record["status"] = "interrupted"
-        print("\ninterrupted: saving what finished", file=sys.stderr)
-        save()
-        return EXIT_INTERRUPTED
-    save()
-    print(report.summary_line(payload["summary"], recipe.target))
-    return exit_code
+        return lambda seed, on_epoch, record: train.run(programs, device_data, config, seed, on_epoch, record)
+
+    return run_all(args, payload, recipe.target, prepare)
 
 
 def list_presets() -> None:

@@ -7,7 +7,7 @@ import math
 import os
 import statistics
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # (header, metrics key, format) for the per-epoch table, in Myrtle's column order.
@@ -33,6 +33,47 @@ def table_row(metrics: dict) -> str:
     for header, key, fmt in COLUMNS:
         cells.append(fmt.format(metrics[key]).rjust(len(header)))
     return "  ".join(cells)
+
+
+def epoch_metrics(epoch: int, lr: float, train_sums: Sequence[float], eval_sums: Sequence[float], tta: bool,
+                  epoch_seconds: float, train_seconds: float, eval_seconds: float) -> dict:
+    """One row of a run's record.
+
+    train_sums: (loss sum, correct, examples) over the epoch's training batches;
+    eval_sums: (correct, correct with flip TTA, loss sum, examples) over the test set.
+    `accuracy` is the one the recipe reports: TTA when it uses TTA.
+    """
+    loss_sum, correct, seen = (float(v) for v in train_sums)
+    test_correct, tta_correct, test_loss_sum, count = (float(v) for v in eval_sums)
+    metrics = {
+        "epoch": epoch, "lr": float(lr),
+        "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+        "test_loss": test_loss_sum / count, "test_accuracy": test_correct / count, "tta_accuracy": tta_correct / count,
+        "epoch_seconds": epoch_seconds, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+    }
+    metrics["accuracy"] = metrics["tta_accuracy"] if tta else metrics["test_accuracy"]
+    return metrics
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+def add_epoch(record: dict, metrics: dict, on_epoch: Callable[[dict], None]) -> None:
+    """Append an epoch to a run record and report it; raise Diverged (status kept) if the loss is not finite."""
+    record["epochs"].append(metrics)
+    on_epoch(metrics)
+    if not math.isfinite(metrics["train_loss"]):
+        record["status"] = "diverged"
+        raise Diverged(f"run with seed {record['seed']} diverged at epoch {metrics['epoch']}: "
+                       f"train loss {metrics['train_loss']}")
+
+
+def complete_run(record: dict, target: float) -> None:
+    """Mark a run record completed, with its final accuracy and seconds to target."""
+    record["status"] = "completed"
+    record["final_accuracy"] = record["epochs"][-1]["accuracy"]
+    record["seconds_to_target"] = seconds_to_target(record["epochs"], target)
 
 
 def seconds_to_target(epochs: Sequence[dict], target: float) -> float | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import math
 import platform
 import sys
 import time
@@ -415,29 +414,12 @@ def run(trainer: Trainer, data: DeviceData, seed: int, on_epoch: Callable[[dict]
         correct, correct_tta, loss_sum, count = trainer.evaluate(data)
         eval_seconds = time.perf_counter() - eval_start
 
-        loss_sum_epoch, correct_epoch, seen = totals - previous
+        metrics = report.epoch_metrics(epoch, trainer.schedule(epoch * trainer.steps_per_epoch), totals - previous,
+                                       (correct, correct_tta, loss_sum, count), recipe.tta,
+                                       epoch_seconds, train_seconds, eval_seconds)
         previous = totals
-        metrics = {
-            "epoch": epoch,
-            "lr": trainer.schedule(epoch * trainer.steps_per_epoch),
-            "train_loss": float(loss_sum_epoch / seen),
-            "train_accuracy": float(correct_epoch / seen),
-            "test_loss": loss_sum / count,
-            "test_accuracy": correct / count,
-            "tta_accuracy": correct_tta / count,
-            "epoch_seconds": epoch_seconds,
-            "train_seconds": train_seconds,
-            "eval_seconds": eval_seconds,
-        }
-        metrics["accuracy"] = metrics["tta_accuracy"] if recipe.tta else metrics["test_accuracy"]
-        record["epochs"].append(metrics)
-        on_epoch(metrics)
-        if not math.isfinite(metrics["train_loss"]):
-            record["status"] = "diverged"
-            raise train.Diverged(f"run with seed {seed} diverged at epoch {epoch}: train loss {metrics['train_loss']}")
-    record["status"] = "completed"
-    record["final_accuracy"] = record["epochs"][-1]["accuracy"]
-    record["seconds_to_target"] = report.seconds_to_target(record["epochs"], recipe.target)
+        report.add_epoch(record, metrics, on_epoch)
+    report.complete_run(record, recipe.target)
     return record
 
 
@@ -492,36 +474,22 @@ def train_from_args(args: argparse.Namespace) -> int:
         torch.backends.cudnn.benchmark = True  # autotune convolutions in the warm-up, as XLA does at compile
     payload: dict = {"config": None, "environment": environment(device, args.compile), "compile_seconds": None,
                      "runs": [], "summary": None}
-
-    def save() -> None:
-        payload["summary"] = report.summarize(payload["runs"])
-        if args.json:
-            report.write_json(args.json, payload)
-            print(f"wrote {args.json}")
-
     config = cli.resolve_config(args, "cpu" if device.type == "cpu" else "gpu")
     recipe = config.recipe
     try:
-        dataset = cli.load_data(args)
+        dataset, payload["config"] = cli.load_run_data(args, config)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return cli.EXIT_DATA_ERROR
-    if len(dataset.train_images) < recipe.batch_size:
-        print(f"error: {len(dataset.train_images)} training images are fewer than one batch of "
-              f"{recipe.batch_size}; lower --batch-size or raise --train-subset", file=sys.stderr)
-        return cli.EXIT_DATA_ERROR
-    payload["config"] = {**config.to_dict(), "seed": args.seed, "runs": args.runs, "data": args.data,
-                         "data_kind": dataset.source_kind, "data_checksum": dataset.checksum,
-                         "train_images": len(dataset.train_images), "test_images": len(dataset.test_images),
-                         "framework": "torch-compile" if args.compile else "torch", "device": str(device),
-                         "memory_format": args.memory_format}
+    payload["config"].update(framework="torch-compile" if args.compile else "torch", device=str(device),
+                             memory_format=args.memory_format)
     env = payload["environment"]
     print(f"{recipe.name}: {recipe.description}")
     print(f"{env['device_kind']} ({env['backend']}), torch {env['torch']}{' compiled' if args.compile else ''}, "
           f"{config.precision}, width x{config.width_mult}, "
           f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images ({dataset.source_kind})")
-    exit_code = 0
-    try:
+
+    def prepare() -> cli.RunOne:
         memory_format = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
         device_data = put_on_device(dataset, recipe, DTYPES[config.precision], device, memory_format)
         steps_per_epoch = device_data.num_train // recipe.batch_size
@@ -529,28 +497,9 @@ def train_from_args(args: argparse.Namespace) -> int:
                           compile_model=args.compile, memory_format=memory_format)
         payload["compile_seconds"] = warm_up(trainer, device_data, args.seed)
         print(f"{'compiled and ' if args.compile else ''}warmed up in {payload['compile_seconds']:.1f} s (not timed)")
-        for index in range(args.runs):
-            seed = args.seed + index
-            print(f"\nrun {index + 1}/{args.runs}, seed {seed}")
-            print(report.table_header())
-            record: dict = {}
-            payload["runs"].append(record)
-            try:
-                run(trainer, device_data, seed, lambda m: print(report.table_row(m), flush=True), record)
-            except train.Diverged as error:
-                print(f"error: {error}; stopping this run", file=sys.stderr)
-                exit_code = cli.EXIT_DIVERGED
-            print(report.run_line(record, recipe.target))
-    except KeyboardInterrupt:
-        for record in payload["runs"]:
-            if record.get("status") == "running":
-                record["status"] = "interrupted"
-        print("\ninterrupted: saving what finished", file=sys.stderr)
-        save()
-        return cli.EXIT_INTERRUPTED
-    save()
-    print(report.summary_line(payload["summary"], recipe.target))
-    return exit_code
+        return lambda seed, on_epoch, record: run(trainer, device_data, seed, on_epoch, record)
+
+    return cli.run_all(args, payload, recipe.target, prepare)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -217,10 +217,6 @@ def train_epoch(programs: Programs, data: DeviceData, state: TrainState, epoch: 
     return state
 
 
-class Diverged(Exception):
-    """The training loss became NaN or infinite."""
-
-
 def run(programs: Programs, data: DeviceData, config: RunConfig, seed: int,
         on_epoch: Callable[[dict], None], record: dict) -> dict:
     """One timed training run. Fills `record` (seed, status, epochs, ...) as it goes.
@@ -244,29 +240,12 @@ def run(programs: Programs, data: DeviceData, config: RunConfig, seed: int,
             jax.device_get(programs.evaluate(eval_variables(state), data.test_images, data.test_labels)))
         eval_seconds = time.perf_counter() - eval_start
 
-        loss_sum_epoch, correct_epoch, seen = totals - previous_totals
+        metrics = report.epoch_metrics(epoch, float(programs.schedule(epoch * programs.steps_per_epoch)),
+                                       totals - previous_totals, (correct, correct_tta, loss_sum, count),
+                                       recipe.tta, epoch_seconds, train_seconds, eval_seconds)
         previous_totals = totals
-        metrics = {
-            "epoch": epoch,
-            "lr": float(programs.schedule(epoch * programs.steps_per_epoch)),
-            "train_loss": float(loss_sum_epoch / seen),
-            "train_accuracy": float(correct_epoch / seen),
-            "test_loss": float(loss_sum / count),
-            "test_accuracy": float(correct / count),
-            "tta_accuracy": float(correct_tta / count),
-            "epoch_seconds": epoch_seconds,
-            "train_seconds": train_seconds,
-            "eval_seconds": eval_seconds,
-        }
-        metrics["accuracy"] = metrics["tta_accuracy"] if recipe.tta else metrics["test_accuracy"]
-        record["epochs"].append(metrics)
-        on_epoch(metrics)
-        if not math.isfinite(metrics["train_loss"]):
-            record["status"] = "diverged"
-            raise Diverged(f"run with seed {seed} diverged at epoch {epoch}: train loss {metrics['train_loss']}")
-    record["status"] = "completed"
-    record["final_accuracy"] = record["epochs"][-1]["accuracy"]
-    record["seconds_to_target"] = report.seconds_to_target(record["epochs"], recipe.target)
+        report.add_epoch(record, metrics, on_epoch)
+    report.complete_run(record, recipe.target)
     return record
 
 

@@ -116,7 +116,6 @@ def test_ctrl_c_writes_what_finished(tiny_npz, tmp_path, monkeypatch):
 
 
 def test_xla_dump_then_report_lists_the_train_step_convolutions(tiny_npz, tmp_path):
-    from jax_resnet_speed import xla_report
 
     dump = tmp_path / "dump"
     result = run_cli("--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "1", "--preset", "myrtle-resnet9",

@@ -45,8 +45,7 @@ def test_ghost_batch_norm_normalises_each_split_on_its_own():
     y, updates = bn.apply(variables, x, train=True, mutable=["batch_stats"])
     expected_means, expected_vars = [], []
     for split in (x[:4], x[4:]):
-        mean, var = split.mean(axis=(0, 1, 2)), split.var(axis=(0, 1, 2))
-        expected_means.append(mean)
+        expected_means.append(split.mean(axis=(0, 1, 2)))
         expected_vars.append(split.var(axis=(0, 1, 2), ddof=1))
     expected = np.concatenate([(s - s.mean((0, 1, 2))) / np.sqrt(s.var((0, 1, 2)) + 1e-5) for s in (x[:4], x[4:])])
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_resnet_speed import model, presets, train
+from jax_resnet_speed import model, presets, report, train
 
 MEAN, STD = np.array([0.5, 0.5, 0.5]), np.array([0.25, 0.25, 0.25])
 
@@ -92,6 +92,6 @@ def test_diverging_loss_stops_the_run(learnable_data):
     config = tiny("myrtle-resnet9", epochs=2, lr_knots=((0, 1e6), (2, 1e6)))
     programs, data = compiled(config, learnable_data)
     record = {}
-    with pytest.raises(train.Diverged):
+    with pytest.raises(report.Diverged):
         train.run(programs, data, config, seed=0, on_epoch=lambda m: None, record=record)
     assert record["status"] == "diverged" and len(record["epochs"]) == 1
