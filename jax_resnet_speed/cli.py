@@ -13,11 +13,8 @@ from jax_resnet_speed import presets
 EXIT_DATA_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m jax_resnet_speed.train",
-        description="Train a ResNet-9 on CIFAR-10 with a Myrtle AI recipe and time it to the target accuracy.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every runner of a recipe shares: the trainer, the PyTorch reference and compare."""
     parser.add_argument("--preset", default=presets.DEFAULT_PRESET, choices=sorted(presets.PRESETS),
                         help="recipe to train (see --list-presets)")
     parser.add_argument("--list-presets", action="store_true", help="list the recipes and exit")
@@ -35,10 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the first run; run i uses seed + i")
     parser.add_argument("--runs", type=int, default=1, help="independent runs, compiled once")
     parser.add_argument("--target", type=float, help="target test accuracy as a fraction (default: the preset's)")
-    parser.add_argument("--json", metavar="PATH", help="write the machine-readable result here")
     parser.add_argument("--train-subset", type=int, metavar="N", help="train on the first N training images")
     parser.add_argument("--test-subset", type=int, metavar="N", help="evaluate on the first N test images")
     parser.add_argument("--width-mult", type=float, default=1.0, help="scale every channel width (smoke tests)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jax_resnet_speed.train",
+        description="Train a ResNet-9 on CIFAR-10 with a Myrtle AI recipe and time it to the target accuracy.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_run_arguments(parser)
+    parser.add_argument("--json", metavar="PATH", help="write the machine-readable result here")
     parser.add_argument("--xla-dump", metavar="DIR",
                         help="dump the HLO of every program, before and after optimisation, into DIR "
                              "(read it with python -m jax_resnet_speed.xla_report DIR)")

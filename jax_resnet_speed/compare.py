@@ -29,7 +29,6 @@ COMMANDS = {
 # Trainer flags handed on to every run unchanged.
 FORWARDED = ("data", "cache_dir", "preset", "epochs", "batch_size", "precision", "target", "train_subset",
              "test_subset", "width_mult")
-UNUSED_FLAGS = ("--json", "--xla-dump", "--profile")
 COLUMNS = ("framework", "accuracy", "reached", "median s to target", "median epoch s", "compile s", "ratio")
 INTERRUPT_GRACE_SECONDS = 60
 
@@ -43,15 +42,14 @@ def parse_frameworks(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The trainer's flags (cli.build_parser) plus --out, --frameworks and --device."""
+    """The flags of every runner (cli.add_run_arguments) plus --out, --frameworks and --device."""
     parser = argparse.ArgumentParser(
-        prog="python -m jax_resnet_speed.compare", parents=[cli.build_parser()], conflict_handler="resolve",
+        prog="python -m jax_resnet_speed.compare",
         description="Time the same recipe in JAX, PyTorch eager and PyTorch compiled, runs interleaved, "
                     "and write compare.json, compare.md and compare.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for flag in UNUSED_FLAGS:
-        parser.add_argument(flag, help=argparse.SUPPRESS)  # inherited but meaningless here: refused
-    parser.add_argument("--runs", type=int, default=3, help="runs per framework; run i uses seed + i")
+    cli.add_run_arguments(parser)
+    parser.set_defaults(runs=3)  # per framework
     parser.add_argument("--out", default="compare-out", metavar="DIR",
                         help="where compare.json, compare.md, compare.png, and each run's JSON and log go")
     parser.add_argument("--frameworks", type=parse_frameworks, default=",".join(COMMANDS),
@@ -60,13 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run every framework on this device (default: each framework's own default; "
                              "a mismatch is reported)")
     return parser
-
-
-def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    cli.validate(args, parser)
-    for flag in UNUSED_FLAGS:
-        if getattr(args, flag[2:].replace("-", "_")) is not None:
-            parser.error(f"{flag} is not used by compare: results go to --out")
 
 
 def run_command(framework: str, args: argparse.Namespace, seed: int, json_path: pathlib.Path) -> list[str]:
@@ -311,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list_presets:
         cli.list_presets()
         return 0
-    validate(args, parser)
+    cli.validate(args, parser)
     if any(name.startswith("torch") for name in args.frameworks) and importlib.util.find_spec("torch") is None:
         print("error: PyTorch is not installed; pip install 'jax_resnet_speed[torch]' "
               "(or --frameworks jax)", file=sys.stderr)

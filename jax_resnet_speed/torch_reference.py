@@ -36,7 +36,6 @@ from jax_resnet_speed.presets import Recipe
 from jax_resnet_speed.train import EVAL_BATCH, IMAGE_SIZE
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-JAX_ONLY_FLAGS = ("--xla-dump", "--profile")
 
 
 # ----------------------------------------------------------------------------- the network
@@ -436,13 +435,13 @@ def environment(device: torch.device, compiled: bool) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The JAX trainer's flags (cli.build_parser), plus --device, --compile and --memory-format."""
+    """The JAX trainer's flags (cli.add_run_arguments, --json), plus --device, --compile and --memory-format."""
     parser = argparse.ArgumentParser(
-        prog="python -m jax_resnet_speed.torch_reference", parents=[cli.build_parser()], conflict_handler="resolve",
+        prog="python -m jax_resnet_speed.torch_reference",
         description="Train the same ResNet-9 recipe in PyTorch, timed like the JAX trainer.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for flag in JAX_ONLY_FLAGS:
-        parser.add_argument(flag, help=argparse.SUPPRESS)  # inherited but meaningless here: refused
+    cli.add_run_arguments(parser)
+    parser.add_argument("--json", metavar="PATH", help="write the machine-readable result here")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (cuda, cuda:1, cpu)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (forward and backward); "
@@ -454,9 +453,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     cli.validate(args, parser)
-    for flag in JAX_ONLY_FLAGS:
-        if getattr(args, flag[2:].replace("-", "_")) is not None:
-            parser.error(f"{flag} is for the JAX trainer only")
     try:
         device = torch.device(args.device)
     except RuntimeError:

@@ -189,7 +189,7 @@ def test_run_commands_forward_the_trainer_flags(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--json", "x.json"], "--json is not used by compare"),
+    (["--json", "x.json"], "unrecognized arguments: --json"),
     (["--frameworks", "jax,mxnet"], "choose from jax,torch,torch-compile"),
     (["--runs", "0"], "--runs must be positive"),
 ])

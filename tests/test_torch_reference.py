@@ -182,7 +182,7 @@ def test_writes_every_key_the_jax_trainer_writes(tiny_npz, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--batch-size", "500"], "not divisible by the 16 ghost batch-norm splits"),
-    (["--profile", "trace"], "--profile is for the JAX trainer only"),
+    (["--profile", "trace"], "unrecognized arguments: --profile"),
     (["--device", "meta"], "--device must be cuda or cpu"),
     (["--precision", "fp8"], "invalid choice: 'fp8'"),
 ])
