@@ -100,14 +100,14 @@ class Programs:
 
 
 def build_programs(config: RunConfig, data: DeviceData) -> Programs:
+    """The pure functions of a run for this recipe and data shape; nothing is traced yet."""
     recipe = config.recipe
     dtype = PRECISIONS[config.precision]
     net = model_lib.ResNet9(recipe, model_lib.scaled_widths(recipe, config.width_mult), dtype)
     steps_per_epoch = data.num_train // recipe.batch_size
     schedule = optim.lr_schedule(recipe, steps_per_epoch)
     optimizer = optim.make_optimizer(recipe, schedule, recipe.batch_size)
-    if recipe.ema_momentum:
-        ema_momentum = recipe.ema_momentum_per_step(steps_per_epoch * recipe.epochs)
+    ema_momentum = recipe.ema_momentum_per_step(steps_per_epoch * recipe.epochs) if recipe.ema_momentum else None
     pad = recipe.crop_padding
 
     def init(key, train_padded):
