@@ -19,3 +19,14 @@ def learnable_data():
     train_images, train_labels = make_learnable(1024, seed=0)
     test_images, test_labels = make_learnable(300, seed=1)
     return train_images, train_labels, test_images, test_labels
+
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory):
+    """A learnable 512 + 200 image dataset as a prepared .npz source for the command-line tests."""
+    train_images, train_labels = make_learnable(512, seed=0)
+    test_images, test_labels = make_learnable(200, seed=1)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, train_images=train_images, train_labels=train_labels, test_images=test_images,
+             test_labels=test_labels, class_names=np.array([f"class{i}" for i in range(10)]))
+    return str(path)

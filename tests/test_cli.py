@@ -5,20 +5,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import make_learnable
 from jax_resnet_speed import cli, presets, train
 
 TINY = ["--width-mult", "0.125", "--batch-size", "128", "--precision", "fp32"]
-
-
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory):
-    train_images, train_labels = make_learnable(512, seed=0)
-    test_images, test_labels = make_learnable(200, seed=1)
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, train_images=train_images, train_labels=train_labels, test_images=test_images,
-             test_labels=test_labels, class_names=np.array([f"class{i}" for i in range(10)]))
-    return str(path)
 
 
 def run_cli(*args):

@@ -2,26 +2,14 @@ import json
 import pathlib
 import sys
 
-import numpy as np
 import pytest
 
-from conftest import make_learnable
 from jax_resnet_speed import cli, compare
 
 pytestmark = pytest.mark.filterwarnings("ignore:this is not the full CIFAR-10")
 
 TINY = ["--width-mult", "0.125", "--batch-size", "64", "--precision", "fp32", "--epochs", "2",
         "--train-subset", "256", "--test-subset", "100", "--preset", "myrtle-final"]
-
-
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory):
-    train_images, train_labels = make_learnable(256, seed=0)
-    test_images, test_labels = make_learnable(100, seed=1)
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, train_images=train_images, train_labels=train_labels, test_images=test_images,
-             test_labels=test_labels, class_names=np.array([f"class{i}" for i in range(10)]))
-    return str(path)
 
 
 def test_all_three_frameworks_give_the_table_and_three_files(tiny_npz, tmp_path, capsys):

@@ -147,16 +147,6 @@ def test_augmentation_crops_flips_and_cuts_out_on_the_device():
         assert any(torch.equal(torch.where(zeroed, 0, w), image) for w in windows)
 
 
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory):
-    train_images, train_labels = make_learnable(256, seed=0)
-    test_images, test_labels = make_learnable(100, seed=1)
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, train_images=train_images, train_labels=train_labels, test_images=test_images,
-             test_labels=test_labels, class_names=np.array([f"class{i}" for i in range(10)]))
-    return str(path)
-
-
 def keys_of(payload: dict) -> dict:
     run = payload["runs"][0]
     return {"top": set(payload), "run": set(run), "epoch": set(run["epochs"][0]), "summary": set(payload["summary"])}
