@@ -59,8 +59,9 @@ def resolve_config(args: argparse.Namespace, backend: str):
     recipe = presets.get_preset(args.preset)
     if args.epochs is not None:
         recipe = recipe.with_epochs(args.epochs)
-    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("target", args.target)) if v is not None}
-    recipe = dataclasses.replace(recipe, **overrides)
+    overrides = {k: v for k, v in (("data.batch_size", args.batch_size), ("timing.target", args.target))
+                 if v is not None}
+    recipe = recipe.replace(**overrides)
     precision = args.precision or ("fp32" if backend == "cpu" else "bf16")
     return RunConfig(recipe=recipe, precision=precision, width_mult=args.width_mult)
 
@@ -72,9 +73,10 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if batch_size % recipe.ghost_bn_splits:
-        parser.error(f"--batch-size {batch_size} is not divisible by the {recipe.ghost_bn_splits} ghost "
-                     f"batch-norm splits of preset {recipe.name}; use a multiple of {recipe.ghost_bn_splits}")
+    splits = recipe.network.ghost_bn_splits
+    if batch_size % splits:
+        parser.error(f"--batch-size {batch_size} is not divisible by the {splits} ghost "
+                     f"batch-norm splits of preset {recipe.name}; use a multiple of {splits}")
     if args.width_mult <= 0:
         parser.error(f"--width-mult must be positive, got {args.width_mult}")
     if args.target is not None and not 0 < args.target <= 1:
@@ -184,13 +186,16 @@ def train_from_args(args: argparse.Namespace) -> int:
             print(f"wrote a profile of one epoch to {args.profile}")
         return lambda seed, on_epoch, record: train.run(programs, device_data, config, seed, on_epoch, record)
 
-    return run_all(args, payload, recipe.target, prepare)
+    return run_all(args, payload, recipe.timing.target, prepare)
 
 
 def list_presets() -> None:
-    for name, recipe in presets.PRESETS.items():
-        default = " (default)" if name == presets.DEFAULT_PRESET else ""
-        print(f"{name}{default}: {recipe.description}")
+    """The presets grouped by post, in the order of the series."""
+    for group, recipes in presets.GROUPS.items():
+        print(f"{group[0].upper()}{group[1:]}")
+        for recipe in recipes:
+            default = " (default)" if recipe.name == presets.DEFAULT_PRESET else ""
+            print(f"  {recipe.name}{default}: {recipe.description}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

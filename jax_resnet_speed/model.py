@@ -1,4 +1,5 @@
-"""ResNet-9 in Flax (Linen), with every switch of Myrtle's final recipe.
+"""The series' networks in Flax (Linen), built from their shape as data: ResNet-9 with every
+switch of Myrtle's final recipe, the pre-activation ResNet-18 and post 4's search between them.
 
 Parameters are float32; convolutions and the linear head compute in `dtype` (bf16, fp16
 or fp32); batch-norm statistics and normalisation are float32.
@@ -6,6 +7,7 @@ or fp32); batch-norm statistics and normalisation are float32.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -13,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_resnet_speed.presets import Recipe
+from jax_resnet_speed.presets import Network as NetworkSpec, Recipe
 
 # PyTorch's default conv/linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which the
 # reference recipes were tuned with (Flax's default is LeCun normal).
@@ -25,13 +27,16 @@ class GhostBatchNorm(nn.Module):
 
     Each slice of batch/num_splits consecutive images is normalised with its own mean and
     variance (small "ghost" batches regularise). Running statistics follow PyTorch: the
-    unbiased variance, averaged over the slices, with momentum `momentum`.
+    unbiased variance, averaged over the slices, with momentum `momentum`. Statistics and
+    normalisation run in `dtype` (float32 unless a recipe asks for the compute precision).
     """
 
     num_splits: int = 1
     momentum: float = 0.1
     epsilon: float = 1e-5
     scale_frozen: bool = False
+    scale_init: str = "ones"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -39,7 +44,7 @@ class GhostBatchNorm(nn.Module):
         running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(channels, jnp.float32))
         running_var = self.variable("batch_stats", "var", lambda: jnp.ones(channels, jnp.float32))
         bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
-        x = x.astype(jnp.float32)
+        x = x.astype(self.dtype)
         if train:
             splits = x.reshape(self.num_splits, -1, *x.shape[1:])
             mean = splits.mean(axis=(1, 2, 3), keepdims=True)
@@ -48,85 +53,162 @@ class GhostBatchNorm(nn.Module):
             if not self.is_initializing():
                 count = splits[0].size // channels
                 m = self.momentum
-                running_mean.value = (1 - m) * running_mean.value + m * mean.mean(axis=0).reshape(channels)
-                unbiased = var.mean(axis=0).reshape(channels) * count / max(count - 1, 1)
+                batch_mean = mean.mean(axis=0).reshape(channels).astype(jnp.float32)
+                unbiased = var.mean(axis=0).reshape(channels).astype(jnp.float32) * count / max(count - 1, 1)
+                running_mean.value = (1 - m) * running_mean.value + m * batch_mean
                 running_var.value = (1 - m) * running_var.value + m * unbiased
         else:
-            y = (x - running_mean.value) * jax.lax.rsqrt(running_var.value + self.epsilon)
+            y = (x - running_mean.value.astype(self.dtype)) * jax.lax.rsqrt(
+                running_var.value.astype(self.dtype) + self.epsilon)
         if not self.scale_frozen:
-            y = y * self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
-        return y + bias
+            # PyTorch before 1.2 drew BN scales from U(0, 1); the early posts ran with that.
+            init = nn.initializers.uniform(1.0) if self.scale_init == "uniform" else nn.initializers.ones
+            y = y * self.param("scale", init, (channels,), jnp.float32).astype(self.dtype)
+        return y + bias.astype(self.dtype)
+
+
+def batch_norm(spec: NetworkSpec, train: bool, dtype: Any, name: str | None = None) -> GhostBatchNorm:
+    """The recipe's batch norm; ghost splits apply only to training batches."""
+    return GhostBatchNorm(spec.ghost_bn_splits if train else 1, spec.bn_momentum, spec.bn_eps, spec.bn_scale_frozen,
+                          spec.bn_scale_init, jnp.float32 if spec.bn_fp32 else dtype, name=name)
+
+
+def activation(spec: NetworkSpec, x: jax.Array) -> jax.Array:
+    return jax.nn.celu(x, spec.celu_alpha) if spec.activation == "celu" else jax.nn.relu(x)
+
+
+def conv(features: int, kernel: int, stride: int, dtype: Any, name: str | None = None) -> nn.Conv:
+    # Symmetric padding k // 2, as PyTorch pads: "SAME" would pad a stride-2 conv on one side only.
+    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(kernel // 2, kernel // 2)] * 2,
+                   use_bias=False, dtype=dtype, kernel_init=torch_default_init, name=name)
 
 
 class ConvBlock(nn.Module):
-    """conv3x3 -> BN -> act, with an optional 2x2 max-pool after the conv or at the end."""
+    """conv -> BN -> act (post-activation), with an optional 2x2 max-pool after the conv or at the end."""
 
     features: int
-    recipe: Recipe
+    spec: NetworkSpec
     dtype: Any
     pool: bool = False
     kernel: int = 3
+    stride: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        r = self.recipe
-        x = nn.Conv(self.features, (self.kernel, self.kernel), padding="SAME", use_bias=False,
-                    dtype=self.dtype, kernel_init=torch_default_init)(x)
+        s = self.spec
+        x = conv(self.features, self.kernel, self.stride, self.dtype)(x)
         # Pooling before BN (Myrtle post 8) normalises 4x fewer activations.
-        if self.pool and r.pool_before_bn:
+        if self.pool and s.pool_before_bn:
             x = nn.max_pool(x, (2, 2), (2, 2))
-        x = GhostBatchNorm(r.ghost_bn_splits if train else 1, r.bn_momentum, r.bn_eps, r.bn_scale_frozen)(x, train)
-        x = jax.nn.celu(x, r.celu_alpha) if r.activation == "celu" else jax.nn.relu(x)
-        x = x.astype(self.dtype)
-        if self.pool and not r.pool_before_bn:
+        x = activation(s, batch_norm(s, train, self.dtype)(x, train)).astype(self.dtype)
+        if self.pool and not s.pool_before_bn:
             x = nn.max_pool(x, (2, 2), (2, 2))
         return x
 
 
 class Residual(nn.Module):
+    """x + two post-activation conv blocks of x."""
+
     features: int
-    recipe: Recipe
+    spec: NetworkSpec
     dtype: Any
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        branch = ConvBlock(self.features, self.recipe, self.dtype)(x, train)
-        branch = ConvBlock(self.features, self.recipe, self.dtype)(branch, train)
+        branch = ConvBlock(self.features, self.spec, self.dtype)(x, train)
+        branch = ConvBlock(self.features, self.spec, self.dtype)(branch, train)
         return x + branch
 
 
-class ResNet9(nn.Module):
-    recipe: Recipe
-    widths: tuple[int, int, int, int]
+class PreActBlock(nn.Module):
+    """The pre-activation basic block: o = act(bn1(x)); conv2(act(bn2(conv1(o)))) + shortcut.
+
+    The shortcut is x itself, or a strided 1x1 conv of o where the shape changes.
+    """
+
+    features: int
+    spec: NetworkSpec
+    dtype: Any
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        s = self.spec
+        o = activation(s, batch_norm(s, train, self.dtype, "bn1")(x, train)).astype(self.dtype)
+        if self.stride != 1 or x.shape[-1] != self.features:
+            shortcut = conv(self.features, 1, self.stride, self.dtype, "shortcut")(o)
+        else:
+            shortcut = x
+        y = conv(self.features, 3, self.stride, self.dtype, "conv1")(o)
+        y = activation(s, batch_norm(s, train, self.dtype, "bn2")(y, train)).astype(self.dtype)
+        return conv(self.features, 3, 1, self.dtype, "conv2")(y) + shortcut
+
+
+class Network(nn.Module):
+    """Every network of the series, built from its shape (presets.Network); the default is ResNet-9.
+
+    Names: the stem is `prep`; stage i's post-activation conv is `layer{i}` and its residual
+    blocks `res{i}`, `res{i}_2`, ...; its pre-activation blocks are `layer{i}_1`, `layer{i}_2`,
+    ...; the head is `classifier`.
+    """
+
+    spec: NetworkSpec
+    widths: tuple[int, ...]
     dtype: Any = jnp.float32
     num_classes: int = 10
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        r, (w0, w1, w2, w3) = self.recipe, self.widths
-        x = x.astype(self.dtype)
-        if r.whitening:
+        s, dtype = self.spec, self.dtype
+        stem_width, *stage_widths = self.widths
+        x = x.astype(dtype)
+        if s.stem == "whitening":
             # Frozen PCA-whitening filters live in their own collection: never trained.
             filters = self.variable("constants", "whitening", jnp.zeros, (3, 3, 3, 27), jnp.float32)
             x = jax.lax.conv_general_dilated(
-                x, filters.value.astype(self.dtype), (1, 1), "SAME",
+                x, filters.value.astype(dtype), (1, 1), "SAME",
                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
-            x = ConvBlock(w0, r, self.dtype, kernel=1, name="prep")(x, train)
+            x = ConvBlock(stem_width, s, dtype, kernel=1, name="prep")(x, train)
+        elif s.stem_bn:
+            x = ConvBlock(stem_width, s, dtype, name="prep")(x, train)
         else:
-            x = ConvBlock(w0, r, self.dtype, name="prep")(x, train)
-        x = ConvBlock(w1, r, self.dtype, pool=True, name="layer1")(x, train)
-        x = Residual(w1, r, self.dtype, name="res1")(x, train)
-        x = ConvBlock(w2, r, self.dtype, pool=True, name="layer2")(x, train)
-        x = ConvBlock(w3, r, self.dtype, pool=True, name="layer3")(x, train)
-        x = Residual(w3, r, self.dtype, name="res3")(x, train)
-        x = jnp.max(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype, kernel_init=torch_default_init,
-                     name="classifier")(x)
-        return x.astype(jnp.float32) * r.logit_scale
+            x = conv(stem_width, 3, 1, dtype, "prep")(x)
+        for i, (width, downsamples, blocks) in enumerate(zip(stage_widths, s.downsamples, s.residual_blocks), 1):
+            if s.block == "pre-act":
+                for j in range(blocks):
+                    stride = 2 if downsamples and j == 0 else 1
+                    x = PreActBlock(width, s, dtype, stride, name=f"layer{i}_{j + 1}")(x, train)
+                continue
+            pool = downsamples and s.downsample == "maxpool"
+            stride = 2 if downsamples and not pool else 1
+            kernel = 1 if s.downsample == "conv1x1" else 3
+            x = ConvBlock(width, s, dtype, pool=pool, kernel=kernel, stride=stride, name=f"layer{i}")(x, train)
+            for j in range(blocks):
+                x = Residual(width, s, dtype, name=f"res{i}" if j == 0 else f"res{i}_{j + 1}")(x, train)
+        features = jnp.max(x, axis=(1, 2))
+        if s.pool == "avg+max":
+            features = jnp.concatenate([jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(dtype), features], -1)
+        bound = 1 / np.sqrt(features.shape[-1])  # PyTorch's bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        x = nn.Dense(self.num_classes, use_bias=s.head_bias, dtype=dtype, kernel_init=torch_default_init,
+                     bias_init=uniform_init(bound), name="classifier")(features)
+        return x.astype(jnp.float32) * s.logit_scale
 
 
-def scaled_widths(recipe: Recipe, width_mult: float) -> tuple[int, int, int, int]:
-    return tuple(max(1, round(w * width_mult)) for w in recipe.widths)  # type: ignore[return-value]
+def for_recipe(recipe: Recipe, width_mult: float = 1.0, dtype: Any = jnp.float32) -> Network:
+    """The recipe's network, every width scaled by `width_mult`."""
+    return Network(recipe.network, scaled_widths(recipe.network, width_mult), dtype)
+
+
+def uniform_init(bound: float) -> Callable:
+    """U(-bound, bound), float32."""
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def scaled_widths(spec: NetworkSpec, width_mult: float) -> tuple[int, ...]:
+    return tuple(max(1, round(w * width_mult)) for w in spec.widths)
 
 
 def patch_whitening_filters(images: jax.Array, eps: float) -> jax.Array:
@@ -134,11 +216,12 @@ def patch_whitening_filters(images: jax.Array, eps: float) -> jax.Array:
 
     Rows of the filter bank are the eigenvectors of the patch covariance, each scaled by
     1/sqrt(eigenvalue + eps), so the covariance of the outputs is diag(l / (l + eps)):
-    about the identity for every direction with variance well above eps.
+    about the identity for every direction with variance well above eps. As in Page's code
+    (and airbench's) the covariance is X^T X / (n - 1) of the raw patches, not re-centred:
+    the images are already normalised to zero mean per channel.
     """
     patches = extract_patches(images.astype(jnp.float32))
-    centred = patches - patches.mean(axis=0)
-    covariance = centred.T @ centred / (patches.shape[0] - 1)
+    covariance = patches.T @ patches / (patches.shape[0] - 1)
     eigenvalues, eigenvectors = jnp.linalg.eigh(covariance)
     eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]  # largest first
     bank = eigenvectors.T / jnp.sqrt(eigenvalues + eps)[:, None]  # (27 out, 27 patch)

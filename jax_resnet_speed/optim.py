@@ -14,8 +14,8 @@ from jax_resnet_speed.presets import Recipe
 
 def lr_schedule(recipe: Recipe, steps_per_epoch: int) -> optax.Schedule:
     """Myrtle-unit learning rate (before the /batch_size) at a step, piecewise linear in epochs."""
-    epoch_points = np.array([e for e, _ in recipe.lr_knots], np.float32)
-    lr_points = np.array([lr for _, lr in recipe.lr_knots], np.float32)
+    epoch_points = np.array([e for e, _ in recipe.optimiser.lr_knots], np.float32)
+    lr_points = np.array([lr for _, lr in recipe.optimiser.lr_knots], np.float32)
 
     def schedule(step):
         return jnp.interp(step / steps_per_epoch, epoch_points, lr_points)
@@ -24,28 +24,46 @@ def lr_schedule(recipe: Recipe, steps_per_epoch: int) -> optax.Schedule:
 
 
 def param_groups(params: Any) -> Any:
-    """'bn_bias' for BatchNorm biases (the only biases in the net), 'weights' for the rest."""
+    """'bn_bias' for BatchNorm biases, 'weights' for the rest: kernels, BN scales and the head's bias.
+
+    Convolutions have no biases, so every bias outside the `classifier` head is a BN bias.
+    """
     def label(path, _):
-        return "bn_bias" if path[-1].key == "bias" else "weights"
+        return "bn_bias" if path[-1].key == "bias" and path[-2].key != "classifier" else "weights"
 
     return jax.tree_util.tree_map_with_path(label, params)
+
+
+def nesterov_sgd(lr: optax.Schedule, weight_decay: float, momentum: float, nesterov: bool,
+                 update: str) -> optax.GradientTransformation:
+    """SGD with coupled weight decay in one of two forms (presets.Optimiser.update).
+
+    "torch" (torch.optim.SGD): d = g + wd w; v = m v + d; w -= lr(t) (d + m v).
+    "page" (Page's cifar10-fast): d = -lr(t + 1) (g + wd w); v = m v + d; w += d + m v. The
+    buffer remembers the lr each gradient was taken with, and step t reads lr(t + 1).
+    """
+    decay = optax.add_decayed_weights(weight_decay)
+    if update == "torch":
+        return optax.chain(decay, optax.sgd(lr, momentum=momentum, nesterov=nesterov))
+    if update == "page":
+        return optax.chain(decay, optax.scale_by_schedule(lambda count: -lr(count + 1)),
+                           optax.trace(decay=momentum, nesterov=nesterov))
+    raise ValueError(f"unknown update form {update!r}; use 'torch' or 'page'")
 
 
 def make_optimizer(recipe: Recipe, schedule: optax.Schedule, batch_size: int) -> optax.GradientTransformation:
     """SGD with Nesterov momentum and coupled weight decay, on a loss summed over the batch.
 
-    Matches torch.optim.SGD: g + wd * w goes into the momentum buffer. BN biases get
-    lr x bn_bias_lr_mult and wd x bn_bias_wd_mult.
+    BN biases get lr x bn_bias_lr_mult and wd x bn_bias_wd_mult.
     """
+    o = recipe.optimiser
+
     def sgd(lr_mult: float, wd_mult: float) -> optax.GradientTransformation:
-        return optax.chain(
-            optax.add_decayed_weights(recipe.weight_decay * batch_size * wd_mult),
-            optax.sgd(lambda step: schedule(step) * lr_mult / batch_size,
-                      momentum=recipe.momentum, nesterov=recipe.nesterov),
-        )
+        return nesterov_sgd(lambda step: schedule(step) * lr_mult / batch_size,
+                            o.weight_decay * batch_size * wd_mult, o.momentum, o.nesterov, o.update)
 
     return optax.multi_transform(
-        {"weights": sgd(1.0, 1.0), "bn_bias": sgd(recipe.bn_bias_lr_mult, recipe.bn_bias_wd_mult)},
+        {"weights": sgd(1.0, 1.0), "bn_bias": sgd(o.bn_bias_lr_mult, o.bn_bias_wd_mult)},
         param_groups,
     )
 

@@ -1,26 +1,72 @@
-"""Recipes as plain data.
+"""Recipes as plain data: every step of Myrtle AI's "How to Train Your ResNet" series.
 
-A recipe is everything that defines a training run except the data and the seed. Numbers
-follow Myrtle AI's "How to Train Your ResNet" (David Page, 2018); see docs/recipe.md.
+A recipe is everything that defines a training run except the data and the seed, grouped by
+concern: the network's shape, the optimiser, the data pipeline, evaluation and timing. Numbers
+follow David Page's posts and notebooks (2018); see docs/recipe.md and docs/series.md.
 
 Learning rates and weight decay are quoted the way Myrtle quotes them: the loss is summed
 over the batch, the learning rate is divided by the batch size and the weight decay
 multiplied by it, so `lr * weight_decay` (the per-step shrink of the weights) does not
 depend on the batch size.
+
+Each preset after the first of its post is written as its predecessor plus one declared
+change (`Step.changes`, dotted field names), so a table row and its recipe cannot drift apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
-class Recipe:
-    name: str
-    description: str
-    # Run length and batch.
+class Network:
+    """A network's shape: model.Network builds every net of the series from these fields.
+
+    The defaults are post 4's ResNet-9: a conv-BN-ReLU stem, then three stages that each
+    double the width with a 3x3 conv and halve the resolution with a 2x2 max-pool, residual
+    blocks (two conv-BN-ReLU, added back) after stages 1 and 3, global max-pool, linear head.
+    """
+
+    # Stem. "conv": 3x3 conv; "whitening": frozen 3x3 PCA-whitening conv, then a learnable 1x1.
+    stem: str = "conv"
+    stem_bn: bool = True  # BN and activation after the stem (a pre-activation net's first block has its own)
+    whitening_eps: float = 1e-2
+    whitening_images: int = 10_000
+    # Stages: widths[0] is the stem's, then one width per stage.
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    # "post-act": conv -> BN -> act units (Myrtle); "pre-act": BN -> act -> conv basic blocks
+    # with 1x1 projection shortcuts (the DAWNBench ResNet-18).
+    block: str = "post-act"
+    downsamples: tuple[bool, ...] = (True, True, True)  # which stages halve the resolution
+    # How a stage halves it: "maxpool" (3x3 conv, then 2x2 max-pool), "conv3x3" or "conv1x1"
+    # (a stride-2 conv).
+    downsample: str = "maxpool"
+    # Residual blocks per stage. Post-act: blocks of two conv units after the stage's conv;
+    # pre-act: the stage's basic blocks, the first of which downsamples.
+    residual_blocks: tuple[int, ...] = (1, 0, 1)
+    pool_before_bn: bool = False  # conv -> pool -> BN -> act instead of conv -> BN -> act -> pool
+    activation: str = "relu"  # "relu" or "celu"
+    celu_alpha: float = 0.3
+    # Batch norm.
+    ghost_bn_splits: int = 1
+    bn_scale_frozen: bool = False
+    bn_scale_init: str = "ones"  # "ones", or "uniform": PyTorch 0.4's U(0, 1), which the early posts ran with
+    bn_fp32: bool = True  # BN in float32; False runs it in the compute precision (posts 1-2)
+    bn_momentum: float = 0.1  # PyTorch convention: new = (1 - m) * old + m * batch
+    bn_eps: float = 1e-5
+    # Head.
+    pool: str = "max"  # global pooling: "max", or "avg+max" (both, concatenated)
+    head_bias: bool = False
+    logit_scale: float = 0.125
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimiser:
+    """SGD with Nesterov momentum over a piecewise-linear one-cycle schedule, and the EMA."""
+
     epochs: int
-    batch_size: int
     # Piecewise-linear learning rate: (epoch, lr) knots for a run of `epochs` epochs. A run
     # of another length stretches the knots in proportion, so warm-up and annealing keep
     # their shape.
@@ -28,6 +74,10 @@ class Recipe:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    # "page": the lr goes into the momentum buffer and step t reads lr(t + 1), as in Page's
+    # code: d = -lr (g + wd w); v = m v + d; w += d + m v. "torch": torch.optim.SGD, whose
+    # buffer holds raw gradients and which applies the current lr(t) at the end.
+    update: str = "torch"
     # BatchNorm biases get their own learning-rate and weight-decay multipliers.
     bn_bias_lr_mult: float = 1.0
     bn_bias_wd_mult: float = 1.0
@@ -40,74 +90,289 @@ class Recipe:
     ema_momentum: float | None = None
     ema_run_steps: int = 970
     ema_every: int = 5
-    tta: bool = False  # evaluate on the mean of the logits of the image and its mirror
-    # Augmentation.
-    crop_padding: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """Batching and augmentation, all on the device."""
+
+    batch_size: int
+    crop_padding: int = 4  # reflect-pad, then a random 32x32 crop
     flip: bool = True
     cutout: int = 0  # side of the zeroed square; 0 turns cutout off
-    # Network.
-    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
-    activation: str = "relu"  # "relu" or "celu"
-    celu_alpha: float = 0.3
-    pool_before_bn: bool = False  # conv -> pool -> BN -> act instead of conv -> BN -> act -> pool
-    ghost_bn_splits: int = 1
-    bn_scale_frozen: bool = False
-    bn_momentum: float = 0.1  # PyTorch convention: new = (1 - m) * old + m * batch
-    bn_eps: float = 1e-5
-    whitening: bool = False  # frozen 3x3 PCA-whitening stem, then a learnable 1x1 conv
-    whitening_eps: float = 1e-2
-    whitening_images: int = 10_000
-    logit_scale: float = 0.125
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    tta: bool = False  # evaluate on the mean of the logits of the image and its mirror
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """What the clock is run to, and the published result it is compared with."""
+
     target: float = 0.94
+    published_seconds: float | None = None  # Myrtle's time on a V100 for this step
+    published_accuracy: float | None = None  # where the step was not timed to the target (post 4's search)
+    published_device: str = "V100"
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    network: Network
+    optimiser: Optimiser
+    data: Data
+    evaluation: Evaluation = Evaluation()
+    timing: Timing = Timing()
+    change: str = ""  # what this step changes from the one before it, for the series table
+
+    @property
+    def epochs(self) -> int:
+        return self.optimiser.epochs
+
+    @property
+    def batch_size(self) -> int:
+        return self.data.batch_size
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A copy with fields replaced by dotted name: `recipe.replace(**{"data.cutout": 0})`."""
+        recipe = self
+        for path, value in changes.items():
+            group, _, field = path.rpartition(".")
+            if not group:
+                recipe = dataclasses.replace(recipe, **{field: value})
+            else:
+                recipe = dataclasses.replace(recipe, **{group: dataclasses.replace(getattr(recipe, group), **{field: value})})
+        return recipe
 
     def with_epochs(self, epochs: int) -> "Recipe":
         """The same recipe over `epochs` epochs, its lr knots stretched in proportion."""
         stretch = epochs / self.epochs
-        knots = tuple((epoch * stretch, lr) for epoch, lr in self.lr_knots)
-        return dataclasses.replace(self, epochs=epochs, lr_knots=knots)
+        knots = tuple((epoch * stretch, lr) for epoch, lr in self.optimiser.lr_knots)
+        return self.replace(**{"optimiser.epochs": epochs, "optimiser.lr_knots": knots})
 
     def ema_momentum_per_step(self, run_steps: int) -> float:
         """The per-step EMA momentum for a run of `run_steps` steps: the same horizon as a fraction of the run."""
-        return self.ema_momentum ** (self.ema_run_steps / run_steps)
+        o = self.optimiser
+        return o.ema_momentum ** (o.ema_run_steps / run_steps)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def training_fields(self) -> dict[str, Any]:
+        """Every field that changes what is trained, flattened to dotted names (no names, no published numbers)."""
+        return {f"{group}.{field}": value
+                for group in ("network", "optimiser", "data", "evaluation")
+                for field, value in dataclasses.asdict(getattr(self, group)).items()} | {
+                    "timing.target": self.timing.target}
 
+
+def one_cycle(epochs: float, peak_epoch: float, peak: float, *tail: tuple[float, float]) -> tuple:
+    """lr knots (0, 0) -> (peak_epoch, peak) -> ... tail, or -> (epochs, 0) without a tail."""
+    return ((0, 0.0), (peak_epoch, peak), *(tail or ((epochs, 0.0),)))
+
+
+def steps_per_epoch(batch_size: int, train_images: int = 50_000) -> int:
+    return train_images // batch_size
+
+
+# ------------------------------------------------------------------------------ the series
+# Each post starts from a recipe written in full; every later step of the post is a declared
+# change of the step before it. Times are Myrtle's, on a V100, to 94% unless an accuracy is
+# given (post 4's architecture search ran fixed 20-epoch trials).
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    name: str
+    change: str  # the series table's "change" column
+    description: str
+    changes: Mapping[str, Any]  # dotted field name -> new value
+    published_seconds: float
+    published_accuracy: float | None = None
+
+
+def chain(start: Recipe, steps: tuple[Step, ...]) -> list[Recipe]:
+    """`start`, then each step applied to the recipe before it."""
+    recipes = [start]
+    for step in steps:
+        recipes.append(recipes[-1].replace(
+            name=step.name, description=step.description, change=step.change,
+            timing=Timing(recipes[-1].timing.target, step.published_seconds, step.published_accuracy),
+            **step.changes))
+    return recipes
+
+
+# The DAWNBench pre-activation ResNet-18 variant that post 1 starts from.
+PREACT_RESNET18 = Network(
+    stem_bn=False,  # Myrtle dropped the stem's BN-ReLU: the first block applies its own
+    widths=(64, 64, 128, 256, 256), block="pre-act", downsamples=(False, True, True, True),
+    downsample="conv3x3", residual_blocks=(2, 2, 2, 2),
+    bn_scale_init="uniform", bn_fp32=False, pool="avg+max", head_bias=True, logit_scale=1.0)
+
+POST1_BASELINE = Recipe(
+    name="post1-baseline",
+    description="Myrtle post 1: DAWNBench pre-activation ResNet-18, batch 128, 35 epochs, fp16 BN (297 s on a V100); "
+                "its host-side fixes are built in: data preprocessed once, augmented on the device",
+    change="DAWNBench ResNet-18, host-side fixes",
+    network=PREACT_RESNET18,
+    optimiser=Optimiser(epochs=35, lr_knots=((0, 0.0), (15, 0.1), (30, 0.005), (35, 0.0)), update="page"),
+    data=Data(batch_size=128),
+    timing=Timing(published_seconds=297),
+)
+
+POST1_TO_3 = (
+    Step("post2-batch512", "batch 512, lr x4.4",
+         "Myrtle post 2: batch 512, peak lr 0.44 (4 x 0.1 x 1.1), weight decay scaled with the batch (256 s)",
+         {"data.batch_size": 512, "optimiser.lr_knots": ((0, 0.0), (15, 0.44), (30, 0.005), (35, 0.0))}, 256),
+    Step("post3-fp32-bn", "BN in fp32",
+         "Myrtle post 3: batch norm in float32 (the fp16 BN path was slow) (186 s)",
+         {"network.bn_fp32": True}, 186),
+    Step("post3-cutout", "cutout 8x8, 30 epochs",
+         "Myrtle post 3: 8x8 cutout, 30 epochs, lr 0 -> 0.4 at epoch 8 -> 0 (161 s, 94.15%)",
+         {"data.cutout": 8, "optimiser.epochs": 30, "optimiser.lr_knots": one_cycle(30, 8, 0.4)}, 161),
+    Step("post3-batch768", "batch 768, peak lr 0.6",
+         "Myrtle post 3: batch 768 with peak lr 0.6 (154 s)",
+         {"data.batch_size": 768, "optimiser.lr_knots": one_cycle(30, 8, 0.6)}, 154),
+)
+
+# Post 4's search: 20-epoch trials from the ResNet-18 backbone to ResNet-9. Removing the
+# residual branches leaves the chain conv, (BN-ReLU-conv) x 3, pool: a post-activation chain
+# conv-BN-ReLU units, as the post draws it.
+POST4_ARCH_1 = Recipe(
+    name="post4-arch-1-shortcuts",
+    description="Myrtle post 4: the ResNet-18 backbone with its residual branches removed, leaving "
+                "stride-2 1x1 shortcut convs; 20 epochs (36 s, 55.9%)",
+    change="backbone: shortcuts only (1x1 stride-2 convs)",
+    network=Network(widths=(64, 128, 256, 256), downsample="conv1x1", residual_blocks=(0, 0, 0),
+                    bn_scale_init="uniform", pool="avg+max", head_bias=True, logit_scale=1.0),
+    optimiser=Optimiser(epochs=20, lr_knots=one_cycle(20, 4, 0.4), update="page"),
+    data=Data(batch_size=512, cutout=8),
+    timing=Timing(published_seconds=36, published_accuracy=0.559),
+)
+
+POST4_ARCH = (
+    Step("post4-arch-2-conv3x3", "3x3 downsampling convs",
+         "Myrtle post 4: stride-2 3x3 convs instead of 1x1 (36 s, 85.6%)",
+         {"network.downsample": "conv3x3"}, 36, 0.856),
+    Step("post4-arch-3-maxpool", "3x3 conv + max-pool",
+         "Myrtle post 4: stride-1 3x3 conv, then 2x2 max-pool (43 s, 89.7%)",
+         {"network.downsample": "maxpool"}, 43, 0.897),
+    Step("post4-arch-4-width512", "width 512, global max-pool",
+         "Myrtle post 4: last stage 512 wide, global max-pool only, linear head without bias (47 s, 90.7%)",
+         {"network.widths": (64, 128, 256, 512), "network.pool": "max", "network.head_bias": False}, 47, 0.907),
+    Step("post4-arch-5-bn-scale", "BN scale init 1, logits x 0.125",
+         "Myrtle post 4: BN scales start at 1 (not PyTorch 0.4's uniform draw), logits scaled by 0.125 (47 s, 91.1%)",
+         {"network.bn_scale_init": "ones", "network.logit_scale": 0.125}, 47, 0.911),
+    Step("post4-arch-6-residual", "residual blocks on layers 1 and 3",
+         "Myrtle post 4: residual branches after stages 1 and 3: ResNet-9, 20 epochs (66 s, 93.7%)",
+         {"network.residual_blocks": (1, 0, 1)}, 66, 0.937),
+    Step("myrtle-resnet9", "24 epochs",
+         "Myrtle post 4: ResNet-9, 24 epochs, cutout 8x8 (79 s on a V100)",
+         {"optimiser.epochs": 24, "optimiser.lr_knots": one_cycle(24, 5, 0.4)}, 79),
+)
+
+# Post 8, as Page's bag_of_tricks notebook ran each step, at the epochs of the post's table.
+# From label smoothing on, the lr knots are (0, 0) -> (epochs / 5, peak) -> (epochs, 0).
+POST8_BASELINE = Recipe(
+    name="post8-01-baseline",
+    description="Myrtle post 8, step 1: the post-4 ResNet-9 as submitted, 24 epochs (75 s on a V100)",
+    change="post-4 ResNet-9 as submitted",
+    network=Network(),
+    optimiser=Optimiser(epochs=24, lr_knots=one_cycle(24, 5, 0.4), update="page"),
+    data=Data(batch_size=512, cutout=8),
+    timing=Timing(published_seconds=75),
+)
+
+STEPS_97 = steps_per_epoch(512)
+POST8 = (
+    Step("post8-02-gpu-preprocessing", "GPU preprocessing",
+         "Myrtle post 8, step 2: the dataset on the GPU, normalised and padded once, augmented there. "
+         "This design always does so, so the recipe is step 1's (70 s)",
+         {}, 70),
+    Step("post8-03-pool-before-bn", "move max-pool",
+         "Myrtle post 8, step 3: conv -> pool -> BN -> act, 25 epochs (64 s)",
+         {"network.pool_before_bn": True, "optimiser.epochs": 25, "optimiser.lr_knots": one_cycle(25, 5, 0.4)}, 64),
+    Step("post8-04-label-smoothing", "label smoothing 0.2",
+         "Myrtle post 8, step 4: label smoothing 0.2, 23 epochs (59 s)",
+         {"optimiser.label_smoothing": 0.2, "optimiser.epochs": 23, "optimiser.lr_knots": one_cycle(23, 4.6, 0.4)},
+         59),
+    Step("post8-05-celu", "CELU",
+         "Myrtle post 8, step 5: CELU(alpha 0.075) for ReLU, 20 epochs (52 s)",
+         {"network.activation": "celu", "network.celu_alpha": 0.075, "optimiser.epochs": 20,
+          "optimiser.lr_knots": one_cycle(20, 4, 0.4)}, 52),
+    Step("post8-06-ghost-bn", "ghost batch norm",
+         "Myrtle post 8, step 6: BN statistics over 16 splits of 32 images, peak lr 0.6, 18 epochs (46 s)",
+         {"network.ghost_bn_splits": 16, "optimiser.epochs": 18, "optimiser.lr_knots": one_cycle(18, 3.6, 0.6)}, 46),
+    Step("post8-07-frozen-bn-scale", "frozen BN scales",
+         "Myrtle post 8, step 7: BN scales fixed at 1, CELU alpha 0.3, logits x 1/16, BN biases lr x64 and "
+         "wd /64, 17 epochs (43 s)",
+         {"network.bn_scale_frozen": True, "network.celu_alpha": 0.3, "network.logit_scale": 1 / 16,
+          "optimiser.bn_bias_lr_mult": 64.0, "optimiser.bn_bias_wd_mult": 1 / 64, "optimiser.epochs": 17,
+          "optimiser.lr_knots": one_cycle(17, 3.4, 0.6)}, 43),
+    Step("post8-08-whitening", "input patch whitening",
+         "Myrtle post 8, step 8: frozen 3x3 PCA whitening, then a 1x1 conv; peak lr 1.0, cutout 5x5, "
+         "14 epochs (36 s)",
+         {"network.stem": "whitening", "data.cutout": 5, "optimiser.epochs": 14,
+          "optimiser.lr_knots": one_cycle(14, 2.8, 1.0)}, 36),
+    Step("post8-09-ema", "EMA",
+         "Myrtle post 8, step 9: EMA of the weights (0.99 every 5 steps), evaluated; lr held at 0.1 for the "
+         "last 2 epochs; 13 epochs (33.5 s)",
+         {"optimiser.ema_momentum": 0.99, "optimiser.ema_run_steps": 13 * STEPS_97,
+          "optimiser.epochs": 13, "optimiser.lr_knots": one_cycle(13, 2.6, 1.0, (11, 0.1), (13, 0.1))}, 33.5),
+    Step("post8-10-tta", "test-time augmentation",
+         "Myrtle post 8, step 10: flip TTA, cutout removed, 10 epochs: the final recipe (26 s)",
+         {"evaluation.tta": True, "data.cutout": 0, "optimiser.epochs": 10, "optimiser.ema_run_steps": 10 * STEPS_97,
+          "optimiser.lr_knots": one_cycle(10, 2, 1.0, (8, 0.1), (10, 0.1))}, 26),
+)
+
+# The two headline recipes, written in full: the chains above must arrive at them exactly
+# (tests/test_presets.py).
 MYRTLE_RESNET9 = Recipe(
     name="myrtle-resnet9",
     description="Myrtle post 4: ResNet-9, 24 epochs, cutout 8x8 (79 s on a V100)",
-    epochs=24,
-    batch_size=512,
-    lr_knots=((0, 0.0), (5, 0.4), (24, 0.0)),
-    cutout=8,
+    change="24 epochs",
+    network=Network(),
+    optimiser=Optimiser(epochs=24, lr_knots=((0, 0.0), (5, 0.4), (24, 0.0)), update="page"),
+    data=Data(batch_size=512, cutout=8),
+    timing=Timing(published_seconds=79),
 )
 
 MYRTLE_FINAL = Recipe(
     name="myrtle-final",
     description="Myrtle post 8 'bag of tricks': whitening, ghost BN, CELU, EMA, TTA, 10 epochs (26 s on a V100)",
-    epochs=10,
-    batch_size=512,
-    lr_knots=((0, 0.0), (2, 1.0), (8, 0.1), (10, 0.1)),
-    bn_bias_lr_mult=64.0,
-    bn_bias_wd_mult=1 / 64,
-    label_smoothing=0.2,
-    ema_momentum=0.99,
-    ema_run_steps=10 * (50_000 // 512),
-    ema_every=5,
-    tta=True,
-    cutout=0,
-    activation="celu",
-    celu_alpha=0.3,
-    pool_before_bn=True,
-    ghost_bn_splits=16,
-    bn_scale_frozen=True,
-    whitening=True,
-    logit_scale=1 / 16,
+    change="test-time augmentation",
+    network=Network(stem="whitening", pool_before_bn=True, activation="celu", celu_alpha=0.3, ghost_bn_splits=16,
+                    bn_scale_frozen=True, logit_scale=1 / 16),
+    optimiser=Optimiser(epochs=10, lr_knots=((0, 0.0), (2, 1.0), (8, 0.1), (10, 0.1)), update="page",
+                        bn_bias_lr_mult=64.0, bn_bias_wd_mult=1 / 64, label_smoothing=0.2,
+                        ema_momentum=0.99, ema_run_steps=10 * STEPS_97, ema_every=5),
+    data=Data(batch_size=512, cutout=0),
+    evaluation=Evaluation(tta=True),
+    timing=Timing(published_seconds=26),
 )
 
-PRESETS: dict[str, Recipe] = {r.name: r for r in (MYRTLE_FINAL, MYRTLE_RESNET9)}
+SERIES_STEPS: dict[str, Step] = {s.name: s for s in (*POST1_TO_3, *POST4_ARCH, *POST8)}
+_post1_to_3 = chain(POST1_BASELINE, POST1_TO_3)
+_post4 = chain(POST4_ARCH_1, POST4_ARCH)
+_post8 = chain(POST8_BASELINE, POST8)
+
+# Presets grouped by post, in the order of the series.
+GROUPS: dict[str, tuple[Recipe, ...]] = {
+    "post 1: baseline": (_post1_to_3[0],),
+    "post 2: mini-batches": (_post1_to_3[1],),
+    "post 3: regularisation": tuple(_post1_to_3[2:]),
+    "post 4: architecture": (*_post4[:-1], MYRTLE_RESNET9),
+    "post 8: bag of tricks": (*_post8, MYRTLE_FINAL),
+}
+PRESETS: dict[str, Recipe] = {r.name: r for group in GROUPS.values() for r in group}
 DEFAULT_PRESET = MYRTLE_FINAL.name
+# Each chained preset's predecessor, for the declared-change check and the series' ratios.
+PREDECESSORS: dict[str, str] = {later.name: earlier.name
+                                for steps in (_post1_to_3, _post4, _post8)
+                                for earlier, later in zip(steps, steps[1:])}
 
 
 def get_preset(name: str) -> Recipe:

@@ -34,7 +34,7 @@ class RunConfig:
     width_mult: float = 1.0
 
     def to_dict(self) -> dict:
-        return {**self.recipe.to_dict(), "precision": self.precision, "width_mult": self.width_mult}
+        return {"recipe": self.recipe.to_dict(), "precision": self.precision, "width_mult": self.width_mult}
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -73,7 +73,7 @@ def put_on_device(train_images: np.ndarray, train_labels: np.ndarray, test_image
     def normalise(images):
         return ((images.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)
 
-    train = augment.reflect_pad(normalise(jnp.asarray(train_images)), recipe.crop_padding)
+    train = augment.reflect_pad(normalise(jnp.asarray(train_images)), recipe.data.crop_padding)
     eval_batch = min(EVAL_BATCH, len(test_images))
     batches = math.ceil(len(test_images) / eval_batch)
     padding = batches * eval_batch - len(test_images)
@@ -102,13 +102,13 @@ class Programs:
 def build_programs(config: RunConfig, data: DeviceData) -> Programs:
     """The pure functions of a run for this recipe and data shape; nothing is traced yet."""
     recipe = config.recipe
-    dtype = PRECISIONS[config.precision]
-    net = model_lib.ResNet9(recipe, model_lib.scaled_widths(recipe, config.width_mult), dtype)
-    steps_per_epoch = data.num_train // recipe.batch_size
+    spec, opt, aug = recipe.network, recipe.optimiser, recipe.data
+    net = model_lib.for_recipe(recipe, config.width_mult, PRECISIONS[config.precision])
+    steps_per_epoch = data.num_train // aug.batch_size
     schedule = optim.lr_schedule(recipe, steps_per_epoch)
-    optimizer = optim.make_optimizer(recipe, schedule, recipe.batch_size)
-    ema_momentum = recipe.ema_momentum_per_step(steps_per_epoch * recipe.epochs) if recipe.ema_momentum else None
-    pad = recipe.crop_padding
+    optimizer = optim.make_optimizer(recipe, schedule, aug.batch_size)
+    ema_momentum = recipe.ema_momentum_per_step(steps_per_epoch * opt.epochs) if opt.ema_momentum else None
+    pad = aug.crop_padding
 
     def init(key, train_padded):
         init_key, rng = jax.random.split(key)
@@ -116,30 +116,30 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
         variables = net.init(init_key, train_images[:1], train=False)
         params, batch_stats = variables["params"], variables["batch_stats"]
         constants = {}
-        if recipe.whitening:
-            whitening_sample = train_images[:recipe.whitening_images]
-            constants = {"whitening": model_lib.patch_whitening_filters(whitening_sample, recipe.whitening_eps)}
+        if spec.stem == "whitening":
+            whitening_sample = train_images[:spec.whitening_images]
+            constants = {"whitening": model_lib.patch_whitening_filters(whitening_sample, spec.whitening_eps)}
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, constants=constants,
             opt_state=optimizer.init(params),
-            ema={"params": params, "batch_stats": batch_stats} if recipe.ema_momentum else None,
+            ema={"params": params, "batch_stats": batch_stats} if opt.ema_momentum else None,
             loss_scale=optim.LossScale.create() if config.precision == "fp16" else None,
             totals=jnp.zeros(3, jnp.float32), rng=rng)
 
     def epoch_batches(rng, epoch):
-        return augment.epoch_batches(jax.random.fold_in(rng, epoch), data.num_train, recipe.batch_size)
+        return augment.epoch_batches(jax.random.fold_in(rng, epoch), data.num_train, aug.batch_size)
 
     def train_step(state: TrainState, images, labels, batches) -> TrainState:
         idx = batches[state.step % steps_per_epoch]
         x = augment.augment(jax.random.fold_in(state.rng, state.step), images[idx], IMAGE_SIZE,
-                            recipe.flip, recipe.cutout)
+                            aug.flip, aug.cutout)
         y = labels[idx]
         scale = state.loss_scale.scale if state.loss_scale is not None else 1.0
 
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats, "constants": state.constants}
             logits, updates = net.apply(variables, x, train=True, mutable=["batch_stats"])
-            losses = optim.smoothed_cross_entropy(logits, y, recipe.label_smoothing)
+            losses = optim.smoothed_cross_entropy(logits, y, opt.label_smoothing)
             return losses.sum() * scale, (losses, logits, updates["batch_stats"])
 
         grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -152,9 +152,9 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
             finite = optim.all_finite(grads)
             new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
             new = new.replace(loss_scale=state.loss_scale.adjust(finite))
-        if recipe.ema_momentum:
+        if opt.ema_momentum:
             live = {"params": new.params, "batch_stats": new.batch_stats}
-            new = new.replace(ema=optim.ema_update(state.ema, live, state.step, ema_momentum, recipe.ema_every))
+            new = new.replace(ema=optim.ema_update(state.ema, live, state.step, ema_momentum, opt.ema_every))
         correct = jnp.sum(jnp.argmax(logits, -1) == y)
         totals = state.totals + jnp.stack([losses.sum(), correct, y.size]).astype(jnp.float32)
         return new.replace(step=state.step + 1, totals=totals)
@@ -165,7 +165,7 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
             x, y = batch
             logits, tta = logits_with_tta(lambda v: net.apply(variables, v, train=False), x)
             valid = y >= 0
-            loss = optim.smoothed_cross_entropy(logits, jnp.maximum(y, 0), recipe.label_smoothing)
+            loss = optim.smoothed_cross_entropy(logits, jnp.maximum(y, 0), opt.label_smoothing)
             return jnp.stack([jnp.sum((jnp.argmax(logits, -1) == y) & valid),
                               jnp.sum((jnp.argmax(tta, -1) == y) & valid),
                               jnp.sum(loss * valid), jnp.sum(valid)]).astype(jnp.float32)
@@ -242,10 +242,10 @@ def run(programs: Programs, data: DeviceData, config: RunConfig, seed: int,
 
         metrics = report.epoch_metrics(epoch, float(programs.schedule(epoch * programs.steps_per_epoch)),
                                        totals - previous_totals, (correct, correct_tta, loss_sum, count),
-                                       recipe.tta, epoch_seconds, train_seconds, eval_seconds)
+                                       recipe.evaluation.tta, epoch_seconds, train_seconds, eval_seconds)
         previous_totals = totals
         report.add_epoch(record, metrics, on_epoch)
-    report.complete_run(record, recipe.target)
+    report.complete_run(record, recipe.timing.target)
     return record
 
 
