@@ -77,7 +77,7 @@ def plain_step_seconds(widths, images, labels, steps):
 
 def trainer_step_seconds(preset, width_mult, batch_size, images, labels, steps):
     recipe = presets.get_preset(preset)
-    recipe = presets.Recipe(**{**recipe.to_dict(), "batch_size": batch_size})
+    recipe = recipe.replace(**{"data.batch_size": batch_size})
     config = train.RunConfig(recipe, "fp32", width_mult)
     raw = np.asarray(images)
     data = train.put_on_device(raw, np.asarray(labels), raw[:100], np.asarray(labels)[:100],
@@ -97,7 +97,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch_size, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, args.batch_size).astype(np.int32)
-    widths = tuple(max(1, round(w * args.width_mult)) for w in presets.MYRTLE_RESNET9.widths)
+    widths = tuple(max(1, round(w * args.width_mult)) for w in presets.MYRTLE_RESNET9.network.widths)
     plain = plain_step_seconds(widths, jnp.asarray(images, jnp.float32) / 255, jnp.asarray(labels), args.steps)
     rows = [("plain Flax step (post-4 net)", plain)]
     for preset in ("myrtle-resnet9", "myrtle-final"):

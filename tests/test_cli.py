@@ -60,10 +60,11 @@ def test_end_to_end_writes_the_table_and_json(tiny_npz, tmp_path):
     assert "2 runs: accuracy" in result.stdout
     payload = json.loads(out.read_text())
     assert set(payload) == {"config", "environment", "compile_seconds", "runs", "summary"}
-    config = payload["config"]
-    assert config["name"] == "myrtle-resnet9" and config["epochs"] == 2 and config["batch_size"] == 128
+    config, recipe = payload["config"], payload["config"]["recipe"]
+    assert recipe["name"] == "myrtle-resnet9" and recipe["optimiser"]["epochs"] == 2
+    assert recipe["data"]["batch_size"] == 128 and recipe["network"]["widths"] == [64, 128, 256, 512]
     assert config["train_images"] == 384 and config["test_images"] == 150 and config["width_mult"] == 0.125
-    assert config["lr_knots"][1][0] == pytest.approx(5 / 12)  # stretched to 2 epochs
+    assert recipe["optimiser"]["lr_knots"][1][0] == pytest.approx(5 / 12)  # stretched to 2 epochs
     assert {"jax", "jaxlib", "flax", "optax", "device_kind"} <= set(payload["environment"])
     assert payload["compile_seconds"] > 0
     assert [r["seed"] for r in payload["runs"]] == [0, 1]
@@ -79,7 +80,7 @@ def test_end_to_end_writes_the_table_and_json(tiny_npz, tmp_path):
 
 
 def test_divergence_exits_non_zero_and_keeps_the_json(tiny_npz, tmp_path, monkeypatch, capsys):
-    wild = presets.Recipe(**{**presets.MYRTLE_RESNET9.to_dict(), "lr_knots": ((0, 1e7), (24, 1e7))})
+    wild = presets.MYRTLE_RESNET9.replace(**{"optimiser.lr_knots": ((0, 1e7), (24, 1e7))})
     monkeypatch.setitem(presets.PRESETS, "myrtle-resnet9", wild)
     out = tmp_path / "diverged.json"
     code = cli.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "1", "--preset",

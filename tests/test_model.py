@@ -8,11 +8,15 @@ import pytest
 from jax_resnet_speed import model, presets
 
 
-@pytest.mark.parametrize("preset", sorted(presets.PRESETS))
+def build(preset, width_mult=0.125, dtype=jnp.float32):
+    recipe = presets.get_preset(preset)
+    return model.for_recipe(recipe, width_mult, dtype)
+
+
+@pytest.mark.parametrize("preset", ["myrtle-final", "myrtle-resnet9", "post1-baseline", "post4-arch-1-shortcuts"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_output_shape_and_dtypes(preset, dtype):
-    recipe = presets.get_preset(preset)
-    net = model.ResNet9(recipe, model.scaled_widths(recipe, 0.125), dtype)
+    net = build(preset, dtype=dtype)
     x = jnp.zeros((4, 32, 32, 3))
     variables = net.init(jax.random.key(0), x, train=False)
     logits = net.apply(variables, x, train=False)
@@ -23,18 +27,121 @@ def test_output_shape_and_dtypes(preset, dtype):
     assert set(updates) == {"batch_stats"}
 
 
+def conv(c_in, c_out, k=3):
+    return c_in * c_out * k * k
+
+
+def bn(channels, scale=True):
+    return (2 if scale else 1) * channels
+
+
+# ResNet-9: convs 3->64, 64->128, two 128->128, 128->256, 256->512, two 512->512; linear 512->10
+# without bias; BN over 64+128+128+128+256+512+512+512 = 2240 channels.
+RESNET9_CONVS = conv(3, 64) + conv(64, 128) + 2 * conv(128, 128) + conv(128, 256) + conv(256, 512) + 2 * conv(512, 512)
+
+
+def preact_block(c_in, c_out, downsamples=False):
+    """bn1 over the input, two 3x3 convs, bn2, and a 1x1 projection where the shape changes."""
+    shortcut = conv(c_in, c_out, 1) if c_in != c_out or downsamples else 0
+    return bn(c_in) + conv(c_in, c_out) + bn(c_out) + conv(c_out, c_out) + shortcut
+
+
 @pytest.mark.parametrize("preset, expected", [
-    # convs 3*64*9 + 64*128*9 + 2*128*128*9 + 128*256*9 + 256*512*9 + 2*512*512*9, linear 512*10,
-    # BN scale and bias over 64+128+128+128+256+512+512+512 = 2240 channels.
-    ("myrtle-resnet9", 1728 + 73728 + 294912 + 294912 + 1179648 + 4718592 + 5120 + 2 * 2240),
-    # 1x1 conv 27*64 after the frozen whitening; BN biases only.
-    ("myrtle-final", 1728 + 73728 + 294912 + 294912 + 1179648 + 4718592 + 5120 + 2240),
+    ("myrtle-resnet9", RESNET9_CONVS + 512 * 10 + bn(2240)),
+    # The 3x3 stem conv becomes a 1x1 conv 27->64 after the frozen whitening; BN biases only.
+    ("myrtle-final", RESNET9_CONVS - conv(3, 64) + conv(27, 64, 1) + 512 * 10 + bn(2240, scale=False)),
+    # Pre-activation ResNet-18: a bare 3x3 stem conv, four stages of two blocks (64, 128, 256,
+    # 256 wide; the last three downsample with a 1x1 shortcut on their first block), and a
+    # linear head with bias over the average- and max-pooled features (256 + 256).
+    ("post1-baseline", conv(3, 64) + 2 * preact_block(64, 64) + preact_block(64, 128, True) + preact_block(128, 128)
+     + preact_block(128, 256, True) + preact_block(256, 256) + preact_block(256, 256, True) + preact_block(256, 256)
+     + 2 * 256 * 10 + 10),
+    # The search's first row: stem conv-BN-ReLU, three stride-2 1x1 conv-BN-ReLU units.
+    ("post4-arch-1-shortcuts", conv(3, 64) + bn(64) + conv(64, 128, 1) + bn(128) + conv(128, 256, 1) + bn(256)
+     + conv(256, 256, 1) + bn(256) + 2 * 256 * 10 + 10),
+    ("post4-arch-2-conv3x3", conv(3, 64) + conv(64, 128) + conv(128, 256) + conv(256, 256) + bn(64 + 128 + 256 + 256)
+     + 2 * 256 * 10 + 10),
+    ("post4-arch-5-bn-scale", conv(3, 64) + conv(64, 128) + conv(128, 256) + conv(256, 512) + bn(64 + 128 + 256 + 512)
+     + 512 * 10),
 ])
 def test_parameter_count_at_full_width(preset, expected):
-    recipe = presets.get_preset(preset)
-    net = model.ResNet9(recipe, recipe.widths)
+    net = build(preset, width_mult=1.0)
     shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
     assert model.count_params(shapes["params"]) == expected
+
+
+def test_resnet9_keeps_its_parameter_names():
+    shapes = jax.eval_shape(lambda: build("myrtle-resnet9").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                                                  train=False))
+    params = shapes["params"]
+    assert set(params) == {"prep", "layer1", "res1", "layer2", "layer3", "res3", "classifier"}
+    assert set(params["layer1"]) == {"Conv_0", "GhostBatchNorm_0"}
+    assert set(params["res3"]) == {"ConvBlock_0", "ConvBlock_1"}
+    assert set(params["res3"]["ConvBlock_1"]["GhostBatchNorm_0"]) == {"scale", "bias"}
+    assert set(params["classifier"]) == {"kernel"}
+
+
+def stage_outputs(net, x):
+    """Each top-level module's output shape, from Flax's captured intermediates."""
+    variables = net.init(jax.random.key(0), x, train=False)
+    _, state = net.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+    return {name: value["__call__"][0].shape for name, value in state["intermediates"].items() if name != "__call__"}
+
+
+def test_preact_resnet18_stage_shapes_and_shortcuts():
+    net = build("post1-baseline", width_mult=0.25)  # widths 16; 16, 32, 64, 64
+    shapes = stage_outputs(net, jnp.zeros((2, 32, 32, 3)))
+    assert shapes["prep"] == (2, 32, 32, 16)
+    assert shapes["layer1_2"] == (2, 32, 32, 16)  # stage 1 keeps the resolution
+    assert shapes["layer2_2"] == (2, 16, 16, 32)
+    assert shapes["layer3_2"] == (2, 8, 8, 64)
+    assert shapes["layer4_2"] == (2, 4, 4, 64)
+    assert shapes["classifier"] == (2, 10)
+    params = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
+    assert "shortcut" not in params["layer1_1"] and "shortcut" in params["layer2_1"]
+    assert "shortcut" not in params["layer2_2"]
+    assert set(params["classifier"]) == {"kernel", "bias"}
+    assert set(params["prep"]) == {"kernel"}  # a bare conv: the first block applies BN-ReLU
+    # PyTorch 0.4's BN init: scales drawn from U(0, 1), biases zero.
+    scales = np.asarray(params["layer3_1"]["bn1"]["scale"])
+    assert ((0 <= scales) & (scales < 1)).all() and scales.std() > 0.1
+
+
+@pytest.mark.parametrize("preset, layer1", [
+    ("post4-arch-1-shortcuts", (2, 16, 16, 32)),  # stride-2 1x1 conv
+    ("post4-arch-2-conv3x3", (2, 16, 16, 32)),  # stride-2 3x3 conv
+    ("post4-arch-3-maxpool", (2, 16, 16, 32)),  # 3x3 conv, then max-pool
+])
+def test_search_rows_downsample_their_own_way(preset, layer1):
+    net = build(preset, width_mult=0.25)
+    shapes = stage_outputs(net, jnp.zeros((2, 32, 32, 3)))
+    assert shapes["layer1"] == layer1 and shapes["layer3"] == (2, 4, 4, 64)
+    kernel = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]["layer1"]["Conv_0"]["kernel"]
+    assert kernel.shape[:2] == ((1, 1) if preset.endswith("shortcuts") else (3, 3))
+
+
+def test_avg_max_head_concatenates_both_pools():
+    spec = presets.get_preset("post4-arch-1-shortcuts").network
+    net = model.Network(spec, (4, 4, 4, 4))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+    variables = net.init(jax.random.key(0), x, train=False)
+    _, state = net.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+    last = state["intermediates"]["layer3"]["__call__"][0]
+    features = np.concatenate([last.mean(axis=(1, 2)), last.max(axis=(1, 2))], -1)
+    head = variables["params"]["classifier"]
+    expected = features @ np.asarray(head["kernel"]) + np.asarray(head["bias"])
+    np.testing.assert_allclose(net.apply(variables, x, train=False), expected * spec.logit_scale, rtol=1e-5, atol=1e-6)
+
+
+def test_bn_in_the_compute_precision_when_asked():
+    spec = presets.get_preset("post1-baseline").network
+    assert not spec.bn_fp32
+    x = jnp.ones((4, 4, 4, 3), jnp.bfloat16)
+    for fp32, expected in ((False, jnp.bfloat16), (True, jnp.float32)):
+        bn_module = model.batch_norm(dataclasses.replace(spec, bn_fp32=fp32), True, jnp.bfloat16)
+        variables = bn_module.init(jax.random.key(0), x, train=False)
+        y, updates = bn_module.apply(variables, x, train=True, mutable=["batch_stats"])
+        assert y.dtype == expected and updates["batch_stats"]["mean"].dtype == jnp.float32
 
 
 def test_ghost_batch_norm_normalises_each_split_on_its_own():
@@ -68,7 +175,8 @@ def test_whitening_maps_the_patch_covariance_to_about_the_identity():
     images = correlated_images()
     patches = np.asarray(model.extract_patches(jnp.asarray(images)), np.float64)
     assert patches.shape == (200 * 30 * 30, 27)
-    covariance = np.cov(patches, rowvar=False)
+    # Page's covariance: the raw patches' second moments, not re-centred.
+    covariance = patches.T @ patches / (len(patches) - 1)
     assert np.abs(covariance - np.eye(27)).max() > 0.2  # the input is far from white
     for eps, tolerance in ((1e-2, 0.15), (1e-6, 1e-3)):
         filters = np.asarray(model.patch_whitening_filters(jnp.asarray(images), eps), np.float64)
@@ -88,12 +196,12 @@ def test_whitening_filters_as_a_conv_equal_the_patch_projection():
 
 
 def test_switches_of_the_final_recipe_change_the_network():
-    final = presets.get_preset("myrtle-final")
+    final = presets.get_preset("myrtle-final").network
     x = jnp.asarray(correlated_images(2))
-    variables = model.ResNet9(final, (8, 8, 8, 8)).init(jax.random.key(0), x, train=False)
+    variables = model.Network(final, (8, 8, 8, 8)).init(jax.random.key(0), x, train=False)
     variables["constants"]["whitening"] = model.patch_whitening_filters(x, 1e-2)
     assert "scale" not in variables["params"]["prep"]["GhostBatchNorm_0"]  # frozen at 1
     relu = dataclasses.replace(final, activation="relu")
-    a = model.ResNet9(final, (8, 8, 8, 8)).apply(variables, x, train=False)
-    b = model.ResNet9(relu, (8, 8, 8, 8)).apply(variables, x, train=False)
+    a = model.Network(final, (8, 8, 8, 8)).apply(variables, x, train=False)
+    b = model.Network(relu, (8, 8, 8, 8)).apply(variables, x, train=False)
     assert not np.allclose(a, b)

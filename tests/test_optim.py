@@ -15,16 +15,16 @@ def test_schedule_values_at_the_knots():
 
 def test_schedule_stretches_with_the_run_length():
     post4 = presets.get_preset("myrtle-resnet9").with_epochs(2)
-    assert np.allclose(post4.lr_knots, ((0, 0.0), (5 / 12, 0.4), (2, 0.0)))
+    assert np.allclose(post4.optimiser.lr_knots, ((0, 0.0), (5 / 12, 0.4), (2, 0.0)))
     schedule = optim.lr_schedule(post4, steps_per_epoch=12)
     assert float(schedule(5)) == pytest.approx(0.4)  # still warms up ...
     assert float(schedule(24)) == pytest.approx(0.0)  # ... and anneals to zero
     final = presets.get_preset("myrtle-final").with_epochs(2)
-    assert np.allclose(final.lr_knots, ((0, 0.0), (0.4, 1.0), (1.6, 0.1), (2, 0.1)))
+    assert np.allclose(final.optimiser.lr_knots, ((0, 0.0), (0.4, 1.0), (1.6, 0.1), (2, 0.1)))
 
 
-def test_one_sgd_step_by_hand():
-    recipe = presets.get_preset("myrtle-final")
+def test_torch_form_two_steps_by_hand():
+    recipe = presets.get_preset("myrtle-final").replace(**{"optimiser.update": "torch"})
     params = {"conv": {"kernel": jnp.array([1.0, -2.0])}, "bn": {"bias": jnp.array([0.5])}}
     grads = {"conv": {"kernel": jnp.array([0.3, 0.1])}, "bn": {"bias": jnp.array([-0.2])}}
     optimizer = optim.make_optimizer(recipe, lambda step: 0.4, batch_size=512)
@@ -45,11 +45,68 @@ def test_one_sgd_step_by_hand():
                                np.asarray(new["conv"]["kernel"]) - lr * (d2 + 0.9 * buf), rtol=1e-6)
 
 
+@pytest.mark.parametrize("form", ["page", "torch"])
+def test_two_steps_with_a_changing_lr_by_hand(form):
+    """Page's form keeps lr inside the momentum buffer and reads lr(t + 1); torch's applies lr(t) at the end."""
+    recipe = presets.get_preset("myrtle-resnet9").replace(**{"optimiser.update": form})
+    assert presets.get_preset("myrtle-resnet9").optimiser.update == "page"
+    lrs = [0.2, 0.5, 0.3]  # Myrtle units at steps 0, 1, 2 (before the / batch)
+    batch, m = 4, 0.9
+    wd = 5e-4 * batch
+    optimizer = optim.make_optimizer(recipe, lambda step: jnp.asarray(lrs)[step], batch_size=batch)
+    w0 = np.array([1.0, -2.0])
+    g = [np.array([0.3, 0.1]), np.array([-0.4, 0.2])]
+    params = {"conv": {"kernel": jnp.asarray(w0)}}
+    state = optimizer.init(params)
+    weights = [w0]
+    for step in range(2):
+        updates, state = optimizer.update({"conv": {"kernel": jnp.asarray(g[step])}}, state, params)
+        params = optax.apply_updates(params, updates)
+        weights.append(np.asarray(params["conv"]["kernel"], np.float64))
+    if form == "page":
+        # d = -lr(t + 1) (g + wd w); v = m v + d; w += d + m v.
+        d1 = -lrs[1] / batch * (g[0] + wd * w0)
+        v1 = d1
+        w1 = w0 + d1 + m * v1
+        d2 = -lrs[2] / batch * (g[1] + wd * w1)
+        v2 = m * v1 + d2
+        w2 = w1 + d2 + m * v2
+    else:
+        # d = g + wd w; v = m v + d; w -= lr(t) (d + m v).
+        d1 = g[0] + wd * w0
+        v1 = d1
+        w1 = w0 - lrs[0] / batch * (d1 + m * v1)
+        d2 = g[1] + wd * w1
+        v2 = m * v1 + d2
+        w2 = w1 - lrs[1] / batch * (d2 + m * v2)
+    np.testing.assert_allclose(weights[1], w1, rtol=1e-6)
+    np.testing.assert_allclose(weights[2], w2, rtol=1e-6)
+
+
+def test_the_two_forms_differ_only_when_the_lr_changes():
+    def run(form, lrs):
+        recipe = presets.get_preset("myrtle-resnet9").replace(**{"optimiser.update": form})
+        schedule = (lambda step: jnp.asarray(lrs)[jnp.minimum(step, len(lrs) - 1)])
+        optimizer = optim.make_optimizer(recipe, schedule, batch_size=2)
+        params = {"w": {"kernel": jnp.array([1.0])}}
+        state = optimizer.init(params)
+        for step in range(3):
+            updates, state = optimizer.update({"w": {"kernel": jnp.array([0.5 + step])}}, state, params)
+            params = optax.apply_updates(params, updates)
+        return float(params["w"]["kernel"][0])
+
+    assert run("page", [0.3] * 4) == pytest.approx(run("torch", [0.3] * 4), rel=1e-6)
+    assert run("page", [0.1, 0.2, 0.4, 0.8]) != pytest.approx(run("torch", [0.1, 0.2, 0.4, 0.8]), rel=1e-3)
+
+
 def test_param_groups_label_bn_biases():
-    params = {"layer1": {"Conv_0": {"kernel": 0}, "GhostBatchNorm_0": {"bias": 0, "scale": 0}}}
+    params = {"layer1": {"Conv_0": {"kernel": 0}, "GhostBatchNorm_0": {"bias": 0, "scale": 0}},
+              "layer1_1": {"bn1": {"bias": 0}}, "classifier": {"kernel": 0, "bias": 0}}
     labels = optim.param_groups(params)
     assert labels["layer1"]["GhostBatchNorm_0"] == {"bias": "bn_bias", "scale": "weights"}
     assert labels["layer1"]["Conv_0"]["kernel"] == "weights"
+    assert labels["layer1_1"]["bn1"]["bias"] == "bn_bias"
+    assert labels["classifier"] == {"kernel": "weights", "bias": "weights"}  # the head's bias is no BN bias
 
 
 def test_ema_update():

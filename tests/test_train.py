@@ -1,5 +1,3 @@
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +9,7 @@ MEAN, STD = np.array([0.5, 0.5, 0.5]), np.array([0.25, 0.25, 0.25])
 
 
 def tiny(preset, epochs=3, precision="fp32", **changes):
-    recipe = dataclasses.replace(presets.get_preset(preset).with_epochs(epochs), batch_size=128, **changes)
+    recipe = presets.get_preset(preset).with_epochs(epochs).replace(**{"data.batch_size": 128, **changes})
     return train.RunConfig(recipe, precision=precision, width_mult=0.125)
 
 
@@ -26,7 +24,7 @@ def compiled(config, learnable_data):
 
 def test_tta_is_the_mean_of_the_logits_of_the_image_and_its_mirror():
     recipe = presets.get_preset("myrtle-resnet9")
-    net = model.ResNet9(recipe, (8, 8, 8, 8))
+    net = model.Network(recipe.network, (8, 8, 8, 8))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 32, 32, 3)), jnp.float32)
     variables = net.init(jax.random.key(0), x, train=False)
 
@@ -62,7 +60,7 @@ def test_tiny_run_learns_far_above_chance(preset, learnable_data):
     assert record["epochs"][-1]["train_loss"] < record["epochs"][0]["train_loss"]
     seconds = [m["train_seconds"] for m in record["epochs"]]
     assert seconds == sorted(seconds) and all(m["eval_seconds"] > 0 for m in record["epochs"])
-    key = "tta_accuracy" if config.recipe.tta else "test_accuracy"
+    key = "tta_accuracy" if config.recipe.evaluation.tta else "test_accuracy"
     assert record["final_accuracy"] == record["epochs"][-1][key]
 
 
@@ -89,9 +87,31 @@ def test_reduced_precision_trains_with_finite_loss(precision, learnable_data):
 
 
 def test_diverging_loss_stops_the_run(learnable_data):
-    config = tiny("myrtle-resnet9", epochs=2, lr_knots=((0, 1e6), (2, 1e6)))
+    config = tiny("myrtle-resnet9", epochs=2, **{"optimiser.lr_knots": ((0, 1e6), (2, 1e6))})
     programs, data = compiled(config, learnable_data)
     record = {}
     with pytest.raises(report.Diverged):
         train.run(programs, data, config, seed=0, on_epoch=lambda m: None, record=record)
     assert record["status"] == "diverged" and len(record["epochs"]) == 1
+
+
+@pytest.mark.parametrize("preset", list(presets.PRESETS))
+def test_every_preset_builds_takes_a_step_and_evaluates(preset):
+    recipe = presets.get_preset(preset).replace(**{"data.batch_size": 32})
+    recipe = recipe.replace(**{"network.ghost_bn_splits": min(recipe.network.ghost_bn_splits, 2)})
+    config = train.RunConfig(recipe, precision="fp32", width_mult=0.0625)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 64).astype(np.int32)
+    data = train.put_on_device(images, labels, images[:20], labels[:20], MEAN, STD, recipe, jnp.float32)
+    programs = train.build_programs(config, data)
+    state = programs.init(jax.random.key(0), data.train_padded)
+    before = jax.tree_util.tree_map(np.array, state.params)
+    state = programs.train_step(state, data.train_padded, data.train_labels,
+                                programs.epoch_batches(state.rng, jnp.int32(1)))
+    assert int(state.step) == 1 and np.isfinite(float(state.totals[0]))
+    moved = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != np.asarray(b))), before, state.params)
+    assert all(jax.tree_util.tree_leaves(moved)), "every parameter takes a step"
+    correct, correct_tta, loss_sum, count = np.asarray(
+        programs.evaluate(train.eval_variables(state), data.test_images, data.test_labels))
+    assert count == 20 and 0 <= correct <= 20 and 0 <= correct_tta <= 20 and np.isfinite(loss_sum)

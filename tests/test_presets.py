@@ -1,0 +1,72 @@
+import pytest
+
+from jax_resnet_speed import presets
+
+
+def changed_fields(before: presets.Recipe, after: presets.Recipe) -> dict:
+    old, new = before.training_fields(), after.training_fields()
+    assert set(old) == set(new)
+    return {name: new[name] for name in new if new[name] != old[name]}
+
+
+def test_at_least_twenty_presets_grouped_by_post():
+    assert len(presets.PRESETS) >= 20
+    assert list(presets.GROUPS) == ["post 1: baseline", "post 2: mini-batches", "post 3: regularisation",
+                                    "post 4: architecture", "post 8: bag of tricks"]
+    assert sum(len(group) for group in presets.GROUPS.values()) == len(presets.PRESETS)  # each preset once
+    post8 = [r.name for r in presets.GROUPS["post 8: bag of tricks"]]
+    assert post8[0] == "post8-01-baseline" and post8[9] == "post8-10-tta" and post8[-1] == "myrtle-final"
+    # The posts sort in the order of the series, and so do the numbered steps within a post.
+    posts = [r.name.split("-")[0] for group in presets.GROUPS.values() for r in group if r.name.startswith("post")]
+    assert posts == sorted(posts)
+    for group in ("post 4: architecture", "post 8: bag of tricks"):
+        steps = [r.name for r in presets.GROUPS[group] if not r.name.startswith("myrtle-")]
+        assert steps == sorted(steps)
+
+
+@pytest.mark.parametrize("name", sorted(presets.PREDECESSORS))
+def test_each_step_differs_from_its_predecessor_in_exactly_the_declared_fields(name):
+    step = presets.SERIES_STEPS[name]
+    before, after = presets.get_preset(presets.PREDECESSORS[name]), presets.get_preset(name)
+    assert changed_fields(before, after) == dict(step.changes)
+    assert after.change == step.change and after.timing.published_seconds == step.published_seconds
+
+
+def test_the_chains_arrive_at_the_recipes_written_in_full():
+    # Post 8 starts from post 4's recipe as submitted and ends at the final recipe.
+    assert changed_fields(presets.MYRTLE_RESNET9, presets.get_preset("post8-01-baseline")) == {}
+    assert changed_fields(presets.MYRTLE_FINAL, presets.get_preset("post8-10-tta")) == {}
+    # GPU preprocessing is how this trainer always runs: the row keeps step 1's recipe.
+    assert presets.SERIES_STEPS["post8-02-gpu-preprocessing"].changes == {}
+
+
+def test_post8_steps_follow_pages_notebook():
+    final = presets.get_preset("post8-10-tta")
+    assert final.optimiser.update == "page" and final.epochs == 10
+    whitening = presets.get_preset("post8-08-whitening")
+    assert whitening.network.stem == "whitening" and whitening.data.cutout == 5
+    assert whitening.optimiser.lr_knots == ((0, 0.0), (2.8, 1.0), (14, 0.0))  # (epochs / 5, peak)
+    ema = presets.get_preset("post8-09-ema")
+    assert ema.optimiser.lr_knots[-2:] == ((11, 0.1), (13, 0.1))  # held at 0.1 for the last two epochs
+    assert ema.optimiser.ema_run_steps == 13 * (50_000 // 512)
+
+
+def test_post1_network_is_the_preact_resnet18():
+    net = presets.get_preset("post1-baseline").network
+    assert net.block == "pre-act" and net.residual_blocks == (2, 2, 2, 2)
+    assert net.widths == (64, 64, 128, 256, 256) and net.downsamples == (False, True, True, True)
+    assert net.pool == "avg+max" and net.head_bias and not net.stem_bn and not net.bn_fp32
+
+
+def test_replace_by_dotted_name():
+    recipe = presets.MYRTLE_FINAL.replace(**{"data.cutout": 3, "network.widths": (8, 8, 8, 8), "name": "x"})
+    assert recipe.data.cutout == 3 and recipe.network.widths == (8, 8, 8, 8) and recipe.name == "x"
+    assert presets.MYRTLE_FINAL.data.cutout == 0  # frozen: the preset is untouched
+    with pytest.raises(TypeError):
+        presets.MYRTLE_FINAL.replace(**{"network.widht": (8,)})
+
+
+def test_with_epochs_stretches_the_knots_and_keeps_the_rest():
+    short = presets.MYRTLE_FINAL.with_epochs(5)
+    assert short.epochs == 5 and short.optimiser.lr_knots == ((0, 0.0), (1, 1.0), (4, 0.1), (5, 0.1))
+    assert set(changed_fields(presets.MYRTLE_FINAL, short)) == {"optimiser.epochs", "optimiser.lr_knots"}
