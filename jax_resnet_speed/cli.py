@@ -13,11 +13,16 @@ from jax_resnet_speed import presets
 EXIT_DATA_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags every runner of a recipe shares: the trainer, the PyTorch reference and compare."""
-    parser.add_argument("--preset", default=presets.DEFAULT_PRESET, choices=sorted(presets.PRESETS),
-                        help="recipe to train (see --list-presets)")
-    parser.add_argument("--list-presets", action="store_true", help="list the recipes and exit")
+def add_run_arguments(parser: argparse.ArgumentParser, preset: bool = True) -> None:
+    """The flags every runner of a recipe shares: the trainer, the PyTorch reference and compare.
+
+    preset=False leaves out --preset and --list-presets, for runners that choose recipes otherwise
+    (the series).
+    """
+    if preset:
+        parser.add_argument("--preset", default=presets.DEFAULT_PRESET, choices=sorted(presets.PRESETS),
+                            help="recipe to train (see --list-presets)")
+        parser.add_argument("--list-presets", action="store_true", help="list the recipes and exit")
     parser.add_argument("--data", metavar="PATH",
                         help="CIFAR-10 source: official tarball or batches folder, image-folder tree or archive, "
                              ".npz, or 'tfds'; default $JAX_RESNET_SPEED_DATA, then the cache, then download")
@@ -52,11 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace, backend: str):
-    """The preset with the command-line overrides applied (already validated)."""
+def resolve_config(args: argparse.Namespace, backend: str, preset: str | None = None):
+    """The preset (`preset`, default --preset) with the command-line overrides applied (already validated)."""
     from jax_resnet_speed.train import RunConfig
 
-    recipe = presets.get_preset(args.preset)
+    recipe = presets.get_preset(preset or args.preset)
     if args.epochs is not None:
         recipe = recipe.with_epochs(args.epochs)
     overrides = {k: v for k, v in (("data.batch_size", args.batch_size), ("timing.target", args.target))
@@ -66,8 +71,9 @@ def resolve_config(args: argparse.Namespace, backend: str):
     return RunConfig(recipe=recipe, precision=precision, width_mult=args.width_mult)
 
 
-def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    recipe = presets.get_preset(args.preset)
+def validate(args: argparse.Namespace, parser: argparse.ArgumentParser, preset: str | None = None) -> None:
+    """Exit 2 with a usage message on flags that make no sense for `preset` (default --preset)."""
+    recipe = presets.get_preset(preset or args.preset)
     batch_size = args.batch_size if args.batch_size is not None else recipe.batch_size
     for name in ("epochs", "batch_size", "runs", "train_subset", "test_subset"):
         value = getattr(args, name)
@@ -101,38 +107,58 @@ def load_run_data(args: argparse.Namespace, config) -> tuple:
     from jax_resnet_speed import data
 
     dataset = load_data(args)
+    return dataset, config_section(args, config, dataset)
+
+
+def config_section(args: argparse.Namespace, config, dataset) -> dict:
+    """The `config` section of the JSON for a run of `config` on an already loaded dataset.
+
+    Raises data.DataError when the dataset is smaller than one batch.
+    """
+    from jax_resnet_speed import data
+
     if len(dataset.train_images) < config.recipe.batch_size:
         raise data.DataError(f"{len(dataset.train_images)} training images are fewer than one batch of "
                              f"{config.recipe.batch_size}; lower --batch-size or raise --train-subset")
-    resolved = {**config.to_dict(), "seed": args.seed, "runs": args.runs, "data": args.data,
-                "data_kind": dataset.source_kind, "data_checksum": dataset.checksum,
-                "train_images": len(dataset.train_images), "test_images": len(dataset.test_images)}
-    return dataset, resolved
+    return {**config.to_dict(), "seed": args.seed, "runs": args.runs, "data": args.data,
+            "data_kind": dataset.source_kind, "data_checksum": dataset.checksum,
+            "train_images": len(dataset.train_images), "test_images": len(dataset.test_images)}
 
 
 RunOne = Callable[[int, Callable[[dict], None], dict], dict]
 
 
-def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Callable[[], RunOne]) -> int:
+def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Callable[[], RunOne],
+            seeds: Sequence[int] | None = None, on_checkpoint: Callable[[], None] | None = None) -> int:
     """Upload and compile (`prepare`, which returns the run function), then --runs timed runs.
 
     Prints the epoch table of each run and the summary, and writes the JSON at the end, or with
     what finished on Ctrl-C. Returns the exit code.
+
+    seeds: the seeds to run (default --seed + i for each of the --runs); runs already in
+    payload["runs"] are kept and summarised with the new ones. on_checkpoint: called with
+    payload["summary"] up to date after every finished run, on Ctrl-C and at the end.
     """
     from jax_resnet_speed import report
 
-    def save() -> None:
+    def checkpoint() -> None:
         payload["summary"] = report.summarize(payload["runs"])
-        if args.json:
+        if on_checkpoint is not None:
+            on_checkpoint()
+
+    def save() -> None:
+        checkpoint()
+        if getattr(args, "json", None):
             report.write_json(args.json, payload)
             print(f"wrote {args.json}")
 
+    if seeds is None:
+        seeds = [args.seed + index for index in range(args.runs)]
     exit_code = 0
     try:
         run_one = prepare()
-        for index in range(args.runs):
-            seed = args.seed + index
-            print(f"\nrun {index + 1}/{args.runs}, seed {seed}")
+        for seed in seeds:
+            print(f"\nrun {seed - args.seed + 1}/{args.runs}, seed {seed}")
             print(report.table_header())
             record: dict = {}
             payload["runs"].append(record)
@@ -142,9 +168,11 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
                 print(f"error: {error}; stopping this run", file=sys.stderr)
                 exit_code = EXIT_DIVERGED
             print(report.run_line(record, target))
+            if on_checkpoint is not None:
+                checkpoint()
     except KeyboardInterrupt:
         for record in payload["runs"]:
-            if record.get("status") == "running":
+            if record.get("status", "running") == "running":  # no status yet: stopped before it started
                 record["status"] = "interrupted"
         print("\ninterrupted: saving what finished", file=sys.stderr)
         save()
@@ -158,7 +186,7 @@ def train_from_args(args: argparse.Namespace) -> int:
     """Load, compile once, run --runs times, print the table and write the JSON."""
     import jax
 
-    from jax_resnet_speed import data, report, train
+    from jax_resnet_speed import data, report
 
     config = resolve_config(args, jax.default_backend())
     recipe = config.recipe
@@ -174,19 +202,28 @@ def train_from_args(args: argparse.Namespace) -> int:
     print(f"{env['device_kind']} ({env['backend']}), jax {env['jax']}, {config.precision}, width x{config.width_mult}, "
           f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images ({dataset.source_kind})")
 
-    def prepare() -> RunOne:
-        device_data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
-                                          dataset.test_labels, dataset.mean, dataset.std, recipe,
-                                          train.PRECISIONS[config.precision])
-        programs, payload["compile_seconds"] = train.compile_programs(
-            train.build_programs(config, device_data), device_data, args.seed)
-        print(f"compiled and warmed up in {payload['compile_seconds']:.1f} s (not timed)")
-        if args.profile:
-            train.profile_epoch(programs, device_data, args.seed, args.profile)
-            print(f"wrote a profile of one epoch to {args.profile}")
-        return lambda seed, on_epoch, record: train.run(programs, device_data, config, seed, on_epoch, record)
+    return run_all(args, payload, recipe.timing.target,
+                   lambda: prepare_runs(config, dataset, args.seed, payload, args.profile))
 
-    return run_all(args, payload, recipe.timing.target, prepare)
+
+def prepare_runs(config, dataset, seed: int, payload: dict, profile: str | None = None) -> RunOne:
+    """Put the dataset on the device, build and compile the programs of `config` once.
+
+    Sets payload["compile_seconds"] and returns the function that makes one timed run
+    (train.run). `seed` is the warm-up's; `profile`: a folder for a trace of one epoch.
+    """
+    from jax_resnet_speed import train
+
+    device_data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
+                                      dataset.test_labels, dataset.mean, dataset.std, config.recipe,
+                                      train.PRECISIONS[config.precision])
+    programs, payload["compile_seconds"] = train.compile_programs(
+        train.build_programs(config, device_data), device_data, seed)
+    print(f"compiled and warmed up in {payload['compile_seconds']:.1f} s (not timed)")
+    if profile:
+        train.profile_epoch(programs, device_data, seed, profile)
+        print(f"wrote a profile of one epoch to {profile}")
+    return lambda seed, on_epoch, record: train.run(programs, device_data, config, seed, on_epoch, record)
 
 
 def list_presets() -> None:
