@@ -246,8 +246,12 @@ def table_cells(rows: Sequence[dict], plus_minus: str = "+-") -> tuple[list[str]
     body = []
     for row in rows:
         epochs = str(row["epochs"]) + (f" ({row['recipe_epochs']})" if row["epochs"] != row["recipe_epochs"] else "")
-        accuracy = ("-" if row["mean_accuracy"] is None else
-                    f"{row['mean_accuracy'] * 100:.2f} {plus_minus} {row['std_accuracy'] * 100:.2f}")
+        if row["mean_accuracy"] is None:
+            accuracy = "-"
+        elif row["completed_runs"] < 2:  # one run has no spread to show
+            accuracy = f"{row['mean_accuracy'] * 100:.2f}"
+        else:
+            accuracy = f"{row['mean_accuracy'] * 100:.2f} {plus_minus} {row['std_accuracy'] * 100:.2f}"
         cells = [row["preset"], row["change"], epochs, _num(row["myrtle_seconds"], "{:g}"),
                  _num(row["median_train_seconds"], "{:.2f}"), _num(row["median_seconds_to_target"], "{:.2f}"),
                  accuracy]
@@ -284,7 +288,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
 LEGEND = ("Myrtle s: Myrtle's published time on a V100, to 94% (post 4's search rows: fixed 20-epoch trials, "
           "with Myrtle acc their accuracy). ours s: median training seconds of the completed runs; "
           "ours to target s: median seconds to the target of the runs that reached it; accuracy: mean +- std "
-          "of the final accuracy (TTA where the recipe uses it); reached: runs that reached the target of the "
+          "of the final accuracy (TTA where the recipe uses it; the mean alone for one run); reached: runs that reached the target of the "
           "runs finished; / prev: this row's time over the previous row's. epochs (N): --epochs overrode the "
           "recipe's N.")
 
