@@ -114,6 +114,11 @@ def collect(results: dict, framework: str, json_path: pathlib.Path) -> dict | No
     return payload["runs"][0] if payload["runs"] else None
 
 
+def target_of(config: dict) -> float:
+    """The target accuracy of a run's JSON `config`, whose recipe is nested by concern."""
+    return config["recipe"]["timing"]["target"]
+
+
 def median_or_none(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -184,9 +189,11 @@ def markdown(rows: list[dict], basis: str, args: argparse.Namespace, results: di
               "compile s is each run's compile and warm-up.", "", "## Environment", ""]
     for name, entry in results.items():
         config, env = entry["config"], entry["environment"]
+        recipe = config["recipe"]
         versions = ", ".join(f"{k} {env[k]}" for k in ("jax", "jaxlib", "torch", "cuda") if env.get(k))
         lines.append(f"- {name}: {env['device_kind']} ({env['backend']}), {versions}, {config['precision']}, "
-                     f"width x{config['width_mult']}, batch {config['batch_size']}, {config['epochs']} epochs, "
+                     f"width x{config['width_mult']}, batch {recipe['data']['batch_size']}, "
+                     f"{recipe['optimiser']['epochs']} epochs, "
                      f"{config['train_images']} train / {config['test_images']} test images")
     return "\n".join(lines) + "\n"
 
@@ -238,7 +245,7 @@ def device_mismatch(results: dict) -> str | None:
 
 def write_outputs(out: pathlib.Path, args: argparse.Namespace, results: dict) -> list[dict]:
     rows, basis = summarize(results)
-    target = next((entry["config"]["target"] for entry in results.values()), args.target)
+    target = next((target_of(entry["config"]) for entry in results.values()), args.target)
     devices = sorted({entry["environment"]["device_kind"] for entry in results.values()})
     title = f"{args.preset}, {' / '.join(devices)}, {args.runs} runs each"
     payload = {"config": {**{name: getattr(args, name) for name in FORWARDED}, "runs": args.runs, "seed": args.seed,
@@ -291,7 +298,7 @@ def compare(args: argparse.Namespace) -> int:
                 return cli.EXIT_DATA_ERROR
             if code == cli.EXIT_DIVERGED:
                 exit_code = cli.EXIT_DIVERGED
-            print(report.run_line(record, results[framework]["config"]["target"]), flush=True)
+            print(report.run_line(record, target_of(results[framework]["config"])), flush=True)
     write_outputs(out, args, results)
     return exit_code
 

@@ -32,7 +32,7 @@ except ImportError as error:
 
 from jax_resnet_speed import cli, model as jax_model, report, train
 from jax_resnet_speed.data import DataError, Dataset
-from jax_resnet_speed.presets import Recipe
+from jax_resnet_speed.presets import Data, Network as NetworkSpec, Recipe
 from jax_resnet_speed.train import EVAL_BATCH, IMAGE_SIZE
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -41,34 +41,43 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # ----------------------------------------------------------------------------- the network
 
 class GhostBatchNorm(nn.Module):
-    """BatchNorm over `splits` contiguous slices of the batch, in fp32 (model.GhostBatchNorm).
+    """BatchNorm over `splits` contiguous slices of the batch (model.GhostBatchNorm).
 
     Each slice is normalised with its own mean and biased variance; the running statistics
-    move towards the mean over slices of the slice means and unbiased variances.
+    (float32) move towards the mean over slices of the slice means and unbiased variances.
+    It runs in float32, or in the compute dtype where the network asks for that
+    (`bn_fp32=False`, posts 1-2); parameters and running statistics stay float32.
     """
 
-    def __init__(self, channels: int, recipe: Recipe):
+    def __init__(self, channels: int, spec: NetworkSpec, dtype: torch.dtype):
         super().__init__()
-        self.splits, self.momentum, self.eps = recipe.ghost_bn_splits, recipe.bn_momentum, recipe.bn_eps
-        self.weight = None if recipe.bn_scale_frozen else nn.Parameter(torch.ones(channels))
+        self.splits, self.momentum, self.eps = spec.ghost_bn_splits, spec.bn_momentum, spec.bn_eps
+        self.dtype = torch.float32 if spec.bn_fp32 else dtype
+        if spec.bn_scale_frozen:
+            self.weight = None
+        else:
+            # "uniform": PyTorch 0.4's U(0, 1) draw, which the early posts ran with.
+            scale = torch.rand(channels) if spec.bn_scale_init == "uniform" else torch.ones(channels)
+            self.weight = nn.Parameter(scale)
         self.bias = nn.Parameter(torch.zeros(channels))
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
+        x = x.to(self.dtype)
         if not self.training or self.splits == 1:
-            # One split is plain batch norm: let cuDNN do it.
+            # One split is plain batch norm: let cuDNN do it (for a half-precision input, with
+            # the float32 parameters and statistics of PyTorch's mixed-type batch norm).
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 self.training, self.momentum, self.eps)
         n, c, h, w = x.shape
         slices = x.reshape(self.splits, n // self.splits, c, h, w)
         var, mean = torch.var_mean(slices, dim=(1, 3, 4), correction=0, keepdim=True)
         y = ((slices - mean) * torch.rsqrt(var + self.eps)).reshape(x.shape)
-        self._update_running_stats(mean, var, count=slices[0].numel() // c)
+        self._update_running_stats(mean.float(), var.float(), count=slices[0].numel() // c)
         if self.weight is not None:
-            y = y * self.weight.view(1, c, 1, 1)
-        return y + self.bias.view(1, c, 1, 1)
+            y = y * self.weight.to(y.dtype).view(1, c, 1, 1)
+        return y + self.bias.to(y.dtype).view(1, c, 1, 1)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
@@ -78,24 +87,33 @@ class GhostBatchNorm(nn.Module):
         self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
 
 
-class ConvBlock(nn.Module):
-    """conv -> BN -> act, with an optional 2x2 max-pool after the conv or at the end."""
+def activation(spec: NetworkSpec) -> nn.Module:
+    return nn.CELU(spec.celu_alpha) if spec.activation == "celu" else nn.ReLU()
 
-    def __init__(self, in_channels: int, out_channels: int, recipe: Recipe, dtype: torch.dtype,
-                 pool: bool = False, kernel: int = 3):
+
+def conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    """A bias-free conv padded k // 2 on every side (model.conv)."""
+    return nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False)
+
+
+class ConvBlock(nn.Module):
+    """conv -> BN -> act (post-activation), with an optional 2x2 max-pool after the conv or at the end."""
+
+    def __init__(self, in_channels: int, out_channels: int, spec: NetworkSpec, dtype: torch.dtype,
+                 pool: bool = False, kernel: int = 3, stride: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False)
-        self.bn = GhostBatchNorm(out_channels, recipe)
-        self.act = nn.CELU(recipe.celu_alpha) if recipe.activation == "celu" else nn.ReLU()
-        self.pool_first = pool and recipe.pool_before_bn
-        self.pool_last = pool and not recipe.pool_before_bn
+        self.conv = conv(in_channels, out_channels, kernel, stride)
+        self.bn = GhostBatchNorm(out_channels, spec, dtype)
+        self.act = activation(spec)
+        self.pool_first = pool and spec.pool_before_bn
+        self.pool_last = pool and not spec.pool_before_bn
         self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
         if self.pool_first:
             x = F.max_pool2d(x, 2)
-        # BN and the activation run in fp32; what is stored for the next conv is in the compute dtype.
+        # BN and the activation run in the BN's dtype; what the next conv reads is in the compute dtype.
         x = self.act(self.bn(x)).to(self.dtype)
         if self.pool_last:
             x = F.max_pool2d(x, 2)
@@ -103,63 +121,117 @@ class ConvBlock(nn.Module):
 
 
 class Residual(nn.Module):
-    def __init__(self, channels: int, recipe: Recipe, dtype: torch.dtype):
+    """x + two post-activation conv blocks of x."""
+
+    def __init__(self, channels: int, spec: NetworkSpec, dtype: torch.dtype):
         super().__init__()
-        self.block0 = ConvBlock(channels, channels, recipe, dtype)
-        self.block1 = ConvBlock(channels, channels, recipe, dtype)
+        self.block0 = ConvBlock(channels, channels, spec, dtype)
+        self.block1 = ConvBlock(channels, channels, spec, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.block1(self.block0(x))
 
 
-class ResNet9(nn.Module):
-    """model.ResNet9 in PyTorch: the same layers, names mapped as Conv_0 -> conv, GhostBatchNorm_0 -> bn."""
+class PreActBlock(nn.Module):
+    """model.PreActBlock: o = act(bn1(x)); conv2(act(bn2(conv1(o)))) + shortcut.
 
-    def __init__(self, recipe: Recipe, widths: tuple[int, int, int, int], dtype: torch.dtype,
+    The shortcut is x itself, or a strided 1x1 conv of o where the shape changes.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, spec: NetworkSpec, dtype: torch.dtype, stride: int = 1):
+        super().__init__()
+        self.bn1 = GhostBatchNorm(in_channels, spec, dtype)
+        self.conv1 = conv(in_channels, out_channels, 3, stride)
+        self.bn2 = GhostBatchNorm(out_channels, spec, dtype)
+        self.conv2 = conv(out_channels, out_channels, 3)
+        projects = stride != 1 or in_channels != out_channels
+        self.shortcut = conv(in_channels, out_channels, 1, stride) if projects else None
+        self.act = activation(spec)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = self.act(self.bn1(x)).to(self.dtype)
+        shortcut = x if self.shortcut is None else self.shortcut(o)
+        y = self.act(self.bn2(self.conv1(o))).to(self.dtype)
+        return self.conv2(y) + shortcut
+
+
+class Network(nn.Module):
+    """model.Network in PyTorch: every network of the series, built from the same presets.Network.
+
+    The modules and their names are the Flax ones: the stem `prep` (a ConvBlock, or a bare conv
+    without `stem_bn`), stage i's post-activation conv `layer{i}` and its residual blocks
+    `res{i}`, `res{i}_2`, ..., or its pre-activation blocks `layer{i}_1`, `layer{i}_2`, ...;
+    the head `classifier`. Inside them Flax's Conv_0 is `conv`, GhostBatchNorm_0 `bn`, a
+    residual block's ConvBlock_0 and ConvBlock_1 `block0` and `block1`.
+    """
+
+    def __init__(self, spec: NetworkSpec, widths: Sequence[int], dtype: torch.dtype,
                  whitening: np.ndarray | None, num_classes: int = 10):
         super().__init__()
-        w0, w1, w2, w3 = widths
-        if recipe.whitening:
+        stem_width, *stage_widths = widths
+        if spec.stem == "whitening":
             # Frozen (27, 3, 3, 3) filters: a buffer, so neither trained nor averaged.
             self.register_buffer("whitening", torch.as_tensor(whitening, dtype=torch.float32))
-            self.prep = ConvBlock(27, w0, recipe, dtype, kernel=1)
+            self.prep = ConvBlock(27, stem_width, spec, dtype, kernel=1)
         else:
             self.register_buffer("whitening", None)
-            self.prep = ConvBlock(3, w0, recipe, dtype)
-        self.layer1 = ConvBlock(w0, w1, recipe, dtype, pool=True)
-        self.res1 = Residual(w1, recipe, dtype)
-        self.layer2 = ConvBlock(w1, w2, recipe, dtype, pool=True)
-        self.layer3 = ConvBlock(w2, w3, recipe, dtype, pool=True)
-        self.res3 = Residual(w3, recipe, dtype)
-        self.classifier = nn.Linear(w3, num_classes, bias=False)
-        self.logit_scale = recipe.logit_scale
+            self.prep = ConvBlock(3, stem_width, spec, dtype) if spec.stem_bn else conv(3, stem_width, 3)
+        self.body: list[str] = []  # the names of the modules after the stem, in order
+        channels = stem_width
+        for i, (width, downsamples, blocks) in enumerate(zip(stage_widths, spec.downsamples, spec.residual_blocks), 1):
+            if spec.block == "pre-act":
+                for j in range(blocks):
+                    stride = 2 if downsamples and j == 0 else 1
+                    self._add(f"layer{i}_{j + 1}", PreActBlock(channels, width, spec, dtype, stride))
+                    channels = width
+                continue
+            pool = downsamples and spec.downsample == "maxpool"
+            stride = 2 if downsamples and not pool else 1
+            kernel = 1 if spec.downsample == "conv1x1" else 3
+            self._add(f"layer{i}", ConvBlock(channels, width, spec, dtype, pool=pool, kernel=kernel, stride=stride))
+            channels = width
+            for j in range(blocks):
+                self._add(f"res{i}" if j == 0 else f"res{i}_{j + 1}", Residual(width, spec, dtype))
+        self.avg_and_max = spec.pool == "avg+max"
+        features = 2 * channels if self.avg_and_max else channels
+        # PyTorch's default init is model.py's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the weight and the bias.
+        self.classifier = nn.Linear(features, num_classes, bias=spec.head_bias)
+        self.logit_scale = spec.logit_scale
+        self.dtype = dtype
+
+    def _add(self, name: str, module: nn.Module) -> None:
+        self.add_module(name, module)
+        self.body.append(name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.whitening is not None:
             x = F.conv2d(x, self.whitening, padding=1)
         x = self.prep(x)
-        x = self.res1(self.layer1(x))
-        x = self.res3(self.layer3(self.layer2(x)))
-        x = self.classifier(x.amax(dim=(2, 3)))
-        return x.float() * self.logit_scale
+        for name in self.body:
+            x = getattr(self, name)(x)
+        features = x.amax(dim=(2, 3))
+        if self.avg_and_max:
+            # The average first, then the max, as model.Network concatenates them; the mean in float32.
+            features = torch.cat([x.float().mean(dim=(2, 3)).to(features.dtype), features], dim=1)
+        return self.classifier(features).float() * self.logit_scale
 
 
 def patch_whitening_filters(images: np.ndarray, eps: float, chunk: int = 500) -> np.ndarray:
     """model.patch_whitening_filters in numpy (float64), as (27, 3, 3, 3) OIHW conv weights.
 
-    `images` are normalised NHWC. The patch covariance is accumulated over chunks of images,
-    so 10,000 images never hold all 9 million patches at once. Each filter may come out
-    negated relative to JAX's (eigenvectors have no sign); the learnable 1x1 conv after it
-    does not care.
+    `images` are normalised NHWC. The covariance is X^T X / (n - 1) of the raw patches, not
+    re-centred, as in JAX (and Page's code): the images are already normalised to zero mean
+    per channel. It is accumulated over chunks of images, so 10,000 images never hold all 9
+    million patches at once. Each filter may come out negated relative to JAX's (eigenvectors
+    have no sign); the learnable 1x1 conv after it does not care.
     """
-    total, outer, count = np.zeros(27), np.zeros((27, 27)), 0
+    outer, count = np.zeros((27, 27)), 0
     for start in range(0, len(images), chunk):
         patches = _patches(images[start:start + chunk].astype(np.float64))
-        total += patches.sum(axis=0)
         outer += patches.T @ patches
         count += len(patches)
-    mean = total / count
-    covariance = (outer - count * np.outer(mean, mean)) / (count - 1)
+    covariance = outer / (count - 1)
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]  # largest first
     bank = eigenvectors.T / np.sqrt(eigenvalues + eps)[:, None]  # (27 out, 27 patch in (kh, kw, c) order)
@@ -168,10 +240,11 @@ def patch_whitening_filters(images: np.ndarray, eps: float, chunk: int = 500) ->
 
 def whitening_filters(dataset: Dataset, recipe: Recipe) -> np.ndarray | None:
     """The recipe's frozen whitening filters from the first training images, normalised as on the device."""
-    if not recipe.whitening:
+    spec = recipe.network
+    if spec.stem != "whitening":
         return None
-    sample = dataset.train_images[:recipe.whitening_images].astype(np.float32) / 255.0
-    return patch_whitening_filters((sample - dataset.mean) / dataset.std, recipe.whitening_eps)
+    sample = dataset.train_images[:spec.whitening_images].astype(np.float32) / 255.0
+    return patch_whitening_filters((sample - dataset.mean) / dataset.std, spec.whitening_eps)
 
 
 def _patches(images: np.ndarray) -> np.ndarray:
@@ -213,14 +286,14 @@ def put_on_device(dataset: Dataset, recipe: Recipe, dtype: torch.dtype, device: 
     def labels(values: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(values), dtype=torch.int64, device=device)
 
-    return DeviceData(train_padded=normalise(dataset.train_images, recipe.crop_padding),
+    return DeviceData(train_padded=normalise(dataset.train_images, recipe.data.crop_padding),
                       train_labels=labels(dataset.train_labels),
                       test_images=normalise(dataset.test_images), test_labels=labels(dataset.test_labels))
 
 
-def augment(padded: torch.Tensor, idx: torch.Tensor, recipe: Recipe, generator: torch.Generator,
+def augment(padded: torch.Tensor, idx: torch.Tensor, aug: Data, generator: torch.Generator,
             memory_format: torch.memory_format) -> torch.Tensor:
-    """A random crop of each indexed image, then a random flip, then cutout: Myrtle's order."""
+    """A random crop of each indexed image, then a random flip, then cutout: Myrtle's order (`recipe.data`)."""
     batch, device = len(idx), padded.device
 
     def randint(high: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -232,11 +305,11 @@ def augment(padded: torch.Tensor, idx: torch.Tensor, recipe: Recipe, generator: 
     cols = (randint(window, (batch, 1)) + offsets)[:, None, :]
     # Advanced indices split by the channel slice put the indexed dims first: (B, 32, 32, C).
     x = padded[idx[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
-    if recipe.flip:
+    if aug.flip:
         flip = torch.rand((batch, 1, 1, 1), generator=generator, device=device) < 0.5
         x = torch.where(flip, x.flip(3), x)
-    if recipe.cutout:
-        size, span = recipe.cutout, IMAGE_SIZE - recipe.cutout + 1
+    if aug.cutout:
+        size, span = aug.cutout, IMAGE_SIZE - aug.cutout + 1
         ys, xs = randint(span, (batch, 1, 1, 1)), randint(span, (batch, 1, 1, 1))
         r, c = offsets.view(1, 1, -1, 1), offsets.view(1, 1, 1, -1)
         x = x.masked_fill((r >= ys) & (r < ys + size) & (c >= xs) & (c < xs + size), 0)
@@ -247,23 +320,69 @@ def augment(padded: torch.Tensor, idx: torch.Tensor, recipe: Recipe, generator: 
 
 def lr_schedule(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
     """Myrtle-unit learning rate at a step (optim.lr_schedule): piecewise linear in epochs."""
-    epochs = [e for e, _ in recipe.lr_knots]
-    lrs = [lr for _, lr in recipe.lr_knots]
+    epochs = [e for e, _ in recipe.optimiser.lr_knots]
+    lrs = [lr for _, lr in recipe.optimiser.lr_knots]
     return lambda step: float(np.interp(step / steps_per_epoch, epochs, lrs))
 
 
-def make_optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.SGD:
-    """SGD, Nesterov, coupled weight decay on a summed loss (optim.make_optimizer).
+class PageSGD(torch.optim.Optimizer):
+    """David Page's SGD (optim.nesterov_sgd's "page" form), whose momentum buffer holds lr-scaled steps.
 
-    Each group keeps its lr multiplier; the step sets lr = schedule * lr_mult / batch_size.
+    d = -lr (g + wd w); v = m v + d; then w += d + m v with Nesterov momentum, w += v without.
+    The buffer starts at zero, as optax.trace's does. Each group's `lr` is set before each
+    step; for this form the trainer reads the schedule at step + 1, as Page's code does.
     """
-    wd = recipe.weight_decay * recipe.batch_size
+
+    def __init__(self, params, lr: float, momentum: float, nesterov: bool, weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            buffers = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                buffers.append(state["momentum_buffer"])
+            steps = torch._foreach_add([p.grad for p in params], params, alpha=group["weight_decay"])
+            torch._foreach_mul_(steps, -group["lr"])  # d = -lr (g + wd w)
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, steps)  # v = m v + d
+            if group["nesterov"]:
+                torch._foreach_add_(steps, buffers, alpha=group["momentum"])  # d + m v
+                torch._foreach_add_(params, steps)
+            else:
+                torch._foreach_add_(params, buffers)
+        return None
+
+
+def is_bn_bias(name: str) -> bool:
+    """optim.param_groups: convolutions have no biases, so every bias outside the `classifier` head is a BN bias."""
+    return name.endswith(".bias") and not name.startswith("classifier.")
+
+
+def make_optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """SGD, Nesterov, coupled weight decay on a summed loss (optim.make_optimizer), in the recipe's update form.
+
+    "torch": torch.optim.SGD; "page": PageSGD. Two groups: weights (kernels, BN scales, the
+    head's bias) and BN biases (lr x bn_bias_lr_mult, wd x bn_bias_wd_mult). Each group keeps
+    its lr multiplier; the trainer sets lr = schedule * lr_mult / batch_size before each step.
+    """
+    o = recipe.optimiser
+    wd = o.weight_decay * recipe.data.batch_size
     named = list(net.named_parameters())
-    bn_biases = [p for name, p in named if name.endswith("bn.bias")]
-    weights = [p for name, p in named if not name.endswith("bn.bias")]
-    groups = [{"params": weights, "weight_decay": wd, "lr_mult": 1.0},
-              {"params": bn_biases, "weight_decay": wd * recipe.bn_bias_wd_mult, "lr_mult": recipe.bn_bias_lr_mult}]
-    return torch.optim.SGD(groups, lr=0.0, momentum=recipe.momentum, nesterov=recipe.nesterov)
+    groups = [{"params": [p for name, p in named if not is_bn_bias(name)], "weight_decay": wd, "lr_mult": 1.0},
+              {"params": [p for name, p in named if is_bn_bias(name)], "weight_decay": wd * o.bn_bias_wd_mult,
+               "lr_mult": o.bn_bias_lr_mult}]
+    if o.update == "torch":
+        return torch.optim.SGD(groups, lr=0.0, momentum=o.momentum, nesterov=o.nesterov)
+    if o.update == "page":
+        return PageSGD(groups, lr=0.0, momentum=o.momentum, nesterov=o.nesterov)
+    raise ValueError(f"unknown update form {o.update!r}; use 'torch' or 'page'")
 
 
 def averaged_tensors(net: nn.Module) -> list[torch.Tensor]:
@@ -298,22 +417,25 @@ class Trainer:
         recipe = self.recipe = config.recipe
         self.config, self.device, self.memory_format = config, device, memory_format
         self.dtype = DTYPES[config.precision]
-        self.widths = jax_model.scaled_widths(recipe, config.width_mult)
+        self.widths = jax_model.scaled_widths(recipe.network, config.width_mult)
         self.whitening = whitening
         self.steps_per_epoch = steps_per_epoch
         self.schedule = lr_schedule(recipe, steps_per_epoch)
+        # Page's update form reads the schedule one step ahead (optim.nesterov_sgd).
+        self.schedule_offset = 1 if recipe.optimiser.update == "page" else 0
         # The EMA horizon stretches with the run's length, as in train.build_programs.
         self.ema_momentum = (recipe.ema_momentum_per_step(steps_per_epoch * recipe.epochs)
-                             if recipe.ema_momentum else None)
+                             if recipe.optimiser.ema_momentum else None)
         self.model = self._fresh_model(seed=0)
-        self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False) if recipe.ema_momentum else None
+        self.ema_model = (copy.deepcopy(self.model).eval().requires_grad_(False)
+                          if recipe.optimiser.ema_momentum else None)
         self.net = torch.compile(self.model) if compile_model else self.model
         self.eval_net = torch.compile(self.ema_model) if compile_model and self.ema_model else self.ema_model
         self.reset(seed=0)
 
-    def _fresh_model(self, seed: int) -> ResNet9:
+    def _fresh_model(self, seed: int) -> Network:
         torch.manual_seed(seed)  # PyTorch's default init, drawn from this seed
-        net = ResNet9(self.recipe, self.widths, self.dtype, self.whitening)
+        net = Network(self.recipe.network, self.widths, self.dtype, self.whitening)
         return net.to(self.device, memory_format=self.memory_format)
 
     def reset(self, seed: int) -> None:
@@ -335,19 +457,20 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """One SGD step on a batch that is already augmented."""
-        lr = self.schedule(self.step)
+        o = self.recipe.optimiser
+        lr = self.schedule(self.step + self.schedule_offset)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"] / self.recipe.batch_size
+            group["lr"] = lr * group["lr_mult"] / self.recipe.data.batch_size
         with self.autocast():
             logits = self.net(images)
-        loss = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=self.recipe.label_smoothing)
+        loss = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=o.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflow
         self.scaler.update()
         if self.ema_model is not None:
             ema_update(averaged_tensors(self.ema_model), averaged_tensors(self.model), self.step,
-                       self.ema_momentum, self.recipe.ema_every)
+                       self.ema_momentum, o.ema_every)
         self.totals += torch.stack([loss.detach(), (logits.argmax(-1) == labels).sum().float()])
         self.examples += len(labels)
         self.step += 1
@@ -355,9 +478,9 @@ class Trainer:
     def train_epoch(self, data: DeviceData, steps: int | None = None) -> None:
         """A fresh permutation cut into full batches (the last partial one dropped), augmented per batch."""
         order = torch.randperm(data.num_train, generator=self.generator, device=self.device)
-        batches = order[:self.steps_per_epoch * self.recipe.batch_size].view(self.steps_per_epoch, -1)
+        batches = order[:self.steps_per_epoch * self.recipe.data.batch_size].view(self.steps_per_epoch, -1)
         for idx in batches[:steps]:
-            images = augment(data.train_padded, idx, self.recipe, self.generator, self.memory_format)
+            images = augment(data.train_padded, idx, self.recipe.data, self.generator, self.memory_format)
             self.train_step(images, data.train_labels[idx])
 
     @torch.no_grad()
@@ -370,7 +493,7 @@ class Trainer:
             x, y = data.test_images[start:start + EVAL_BATCH], data.test_labels[start:start + EVAL_BATCH]
             with self.autocast():
                 logits, mirrored = net(x), net(x.flip(3))
-            loss = F.cross_entropy(logits, y, reduction="sum", label_smoothing=self.recipe.label_smoothing)
+            loss = F.cross_entropy(logits, y, reduction="sum", label_smoothing=self.recipe.optimiser.label_smoothing)
             # argmax of the summed logits is argmax of their mean: train.logits_with_tta's TTA.
             sums += torch.stack([(logits.argmax(-1) == y).sum().float(),
                                  ((logits + mirrored).argmax(-1) == y).sum().float(), loss])
@@ -414,11 +537,11 @@ def run(trainer: Trainer, data: DeviceData, seed: int, on_epoch: Callable[[dict]
         eval_seconds = time.perf_counter() - eval_start
 
         metrics = report.epoch_metrics(epoch, trainer.schedule(epoch * trainer.steps_per_epoch), totals - previous,
-                                       (correct, correct_tta, loss_sum, count), recipe.tta,
+                                       (correct, correct_tta, loss_sum, count), recipe.evaluation.tta,
                                        epoch_seconds, train_seconds, eval_seconds)
         previous = totals
         report.add_epoch(record, metrics, on_epoch)
-    report.complete_run(record, recipe.target)
+    report.complete_run(record, recipe.timing.target)
     return record
 
 
@@ -438,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The JAX trainer's flags (cli.add_run_arguments, --json), plus --device, --compile and --memory-format."""
     parser = argparse.ArgumentParser(
         prog="python -m jax_resnet_speed.torch_reference",
-        description="Train the same ResNet-9 recipe in PyTorch, timed like the JAX trainer.",
+        description="Train the same recipe (any preset of the series) in PyTorch, timed like the JAX trainer.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     cli.add_run_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help="write the machine-readable result here")
@@ -488,14 +611,14 @@ def train_from_args(args: argparse.Namespace) -> int:
     def prepare() -> cli.RunOne:
         memory_format = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
         device_data = put_on_device(dataset, recipe, DTYPES[config.precision], device, memory_format)
-        steps_per_epoch = device_data.num_train // recipe.batch_size
+        steps_per_epoch = device_data.num_train // recipe.data.batch_size
         trainer = Trainer(config, device, whitening_filters(dataset, recipe), steps_per_epoch,
                           compile_model=args.compile, memory_format=memory_format)
         payload["compile_seconds"] = warm_up(trainer, device_data, args.seed)
         print(f"{'compiled and ' if args.compile else ''}warmed up in {payload['compile_seconds']:.1f} s (not timed)")
         return lambda seed, on_epoch, record: run(trainer, device_data, seed, on_epoch, record)
 
-    return cli.run_all(args, payload, recipe.target, prepare)
+    return cli.run_all(args, payload, recipe.timing.target, prepare)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,8 +32,12 @@ def test_all_three_frameworks_give_the_table_and_three_files(tiny_npz, tmp_path,
     for name, entry in payload["frameworks"].items():
         assert len(entry["runs"][0]["epochs"]) == 2
         assert entry["config"]["train_images"] == 256 and entry["config"]["width_mult"] == 0.125
+        recipe = entry["config"]["recipe"]
+        assert recipe["data"]["batch_size"] == 64 and recipe["optimiser"]["epochs"] == 2
     assert payload["frameworks"]["torch-compile"]["environment"]["compile"] is True
-    assert "| framework | accuracy |" in (out / "compare.md").read_text()
+    markdown = (out / "compare.md").read_text()
+    assert "| framework | accuracy |" in markdown
+    assert markdown.count("fp32, width x0.125, batch 64, 2 epochs, 256 train / 100 test images") == 3
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (out / "runs").glob("*.json")) == ["jax-1.json", "torch-1.json",
                                                                      "torch-compile-1.json"]
@@ -48,7 +52,9 @@ def fake_payload(seed: int, framework: str, epochs: int, status: str) -> dict:
     reached = next((m["train_seconds"] for m in metrics if m["accuracy"] >= 0.9), None) if done else None
     run = {"seed": seed, "status": status, "epochs": metrics,
            "final_accuracy": metrics[-1]["accuracy"] if done else None, "seconds_to_target": reached}
-    return {"config": {"target": 0.9, "precision": "fp32", "width_mult": 1.0, "batch_size": 512, "epochs": epochs,
+    recipe = {"name": "myrtle-final", "data": {"batch_size": 512}, "optimiser": {"epochs": epochs},
+              "timing": {"target": 0.9}}  # the keys compare reads of train.RunConfig.to_dict's nested recipe
+    return {"config": {"recipe": recipe, "precision": "fp32", "width_mult": 1.0,
                        "train_images": 50000, "test_images": 10000},
             "environment": {"backend": "cpu", "device_kind": "cpu", framework.split("-")[0]: "1.0"},
             "compile_seconds": 3.0, "runs": [run], "summary": {}}
@@ -97,6 +103,8 @@ def test_runs_are_interleaved_and_the_seeds_advance(monkeypatch, tmp_path, capsy
     assert printed.index("jax run 2/2: seed 6") > printed.index("torch-compile run 1/2: seed 5")
     payload = json.loads((out / "compare.json").read_text())
     assert [r["seed"] for r in payload["frameworks"]["torch"]["runs"]] == [5, 6]
+    assert "- torch: cpu (cpu), torch 1.0, fp32, width x1.0, batch 512, 2 epochs, 50000 train / 10000 test images" \
+        in (out / "compare.md").read_text()
     assert all(r["compile_seconds"] == 3.0 for e in payload["frameworks"].values() for r in e["runs"])
 
 
