@@ -28,6 +28,16 @@ def test_list_presets(capsys):
     assert cli.main(["--list-presets"]) == 0
     out = capsys.readouterr().out
     assert "myrtle-final (default)" in out and "myrtle-resnet9" in out
+    lines = out.splitlines()
+    headers = [line for line in lines if not line.startswith(" ")]
+    assert headers == ["Post 1: baseline", "Post 2: mini-batches", "Post 3: regularisation",
+                       "Post 4: architecture", "Post 8: bag of tricks"]
+    listed = [line.split(":")[0].split()[0] for line in lines if line.startswith("  ")]
+    assert len(listed) == len(presets.PRESETS) >= 20
+    # Each preset under its post's header.
+    assert lines.index("Post 8: bag of tricks") < lines.index(next(l for l in lines if "post8-01-baseline" in l))
+    assert lines.index("Post 4: architecture") < lines.index(next(l for l in lines if "post4-arch-1" in l)) < \
+        lines.index("Post 8: bag of tricks")
 
 
 @pytest.mark.parametrize("args, message", [
