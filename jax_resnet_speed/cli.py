@@ -104,8 +104,6 @@ def load_data(args: argparse.Namespace):
 
 def load_run_data(args: argparse.Namespace, config) -> tuple:
     """The dataset and the `config` section of the JSON. Raises data.DataError."""
-    from jax_resnet_speed import data
-
     dataset = load_data(args)
     return dataset, config_section(args, config, dataset)
 
@@ -171,9 +169,7 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
             if on_checkpoint is not None:
                 checkpoint()
     except KeyboardInterrupt:
-        for record in payload["runs"]:
-            if record.get("status", "running") == "running":  # no status yet: stopped before it started
-                record["status"] = "interrupted"
+        report.mark_interrupted(payload["runs"])
         print("\ninterrupted: saving what finished", file=sys.stderr)
         save()
         return EXIT_INTERRUPTED

@@ -144,7 +144,8 @@ class Recipe:
             if not group:
                 recipe = dataclasses.replace(recipe, **{field: value})
             else:
-                recipe = dataclasses.replace(recipe, **{group: dataclasses.replace(getattr(recipe, group), **{field: value})})
+                changed = dataclasses.replace(getattr(recipe, group), **{field: value})
+                recipe = dataclasses.replace(recipe, **{group: changed})
         return recipe
 
     def with_epochs(self, epochs: int) -> "Recipe":
@@ -286,7 +287,7 @@ POST8_BASELINE = Recipe(
     timing=Timing(published_seconds=75),
 )
 
-STEPS_97 = steps_per_epoch(512)
+FULL_EPOCH_STEPS = steps_per_epoch(512)  # 97 batches of 512 in the 50,000 training images
 POST8 = (
     Step("post8-02-gpu-preprocessing", "GPU preprocessing",
          "Myrtle post 8, step 2: the dataset on the GPU, normalised and padded once, augmented there. "
@@ -320,12 +321,12 @@ POST8 = (
     Step("post8-09-ema", "EMA",
          "Myrtle post 8, step 9: EMA of the weights (0.99 every 5 steps), evaluated; lr held at 0.1 for the "
          "last 2 epochs; 13 epochs (33.5 s)",
-         {"optimiser.ema_momentum": 0.99, "optimiser.ema_run_steps": 13 * STEPS_97,
+         {"optimiser.ema_momentum": 0.99, "optimiser.ema_run_steps": 13 * FULL_EPOCH_STEPS,
           "optimiser.epochs": 13, "optimiser.lr_knots": one_cycle(13, 2.6, 1.0, (11, 0.1), (13, 0.1))}, 33.5),
     Step("post8-10-tta", "test-time augmentation",
          "Myrtle post 8, step 10: flip TTA, cutout removed, 10 epochs: the final recipe (26 s)",
-         {"evaluation.tta": True, "data.cutout": 0, "optimiser.epochs": 10, "optimiser.ema_run_steps": 10 * STEPS_97,
-          "optimiser.lr_knots": one_cycle(10, 2, 1.0, (8, 0.1), (10, 0.1))}, 26),
+         {"evaluation.tta": True, "data.cutout": 0, "optimiser.epochs": 10,
+          "optimiser.ema_run_steps": 10 * FULL_EPOCH_STEPS, "optimiser.lr_knots": one_cycle(10, 2, 1.0, (8, 0.1), (10, 0.1))}, 26),
 )
 
 # The two headline recipes, written in full: the chains above must arrive at them exactly
@@ -348,7 +349,7 @@ MYRTLE_FINAL = Recipe(
                     bn_scale_frozen=True, logit_scale=1 / 16),
     optimiser=Optimiser(epochs=10, lr_knots=((0, 0.0), (2, 1.0), (8, 0.1), (10, 0.1)), update="page",
                         bn_bias_lr_mult=64.0, bn_bias_wd_mult=1 / 64, label_smoothing=0.2,
-                        ema_momentum=0.99, ema_run_steps=10 * STEPS_97, ema_every=5),
+                        ema_momentum=0.99, ema_run_steps=10 * FULL_EPOCH_STEPS, ema_every=5),
     data=Data(batch_size=512, cutout=0),
     evaluation=Evaluation(tta=True),
     timing=Timing(published_seconds=26),

@@ -156,12 +156,39 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | os.PathLike, payload: dict) -> None:
-    """Write atomically: a temp file in the same folder, then rename over the target."""
+def write_atomically(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> None:
+    """Write through `write(handle)` into a temp file beside `path`, then rename it over `path`.
+
+    The file gets an ordinary new file's permissions under the umask (a temp file starts 0600).
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as handle:
+    handle = tempfile.NamedTemporaryFile(mode, dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                         delete=False)
+    try:
+        with handle:
+            write(handle)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)
+        os.replace(handle.name, path)
+    except BaseException:
+        os.unlink(handle.name)
+        raise
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> None:
+    """Write atomically (write_atomically), non-finite numbers as null."""
+    def dump(handle) -> None:
         json.dump(_finite_or_none(payload), handle, indent=2)
         handle.write("\n")
-    os.replace(handle.name, path)
+
+    write_atomically(path, dump)
+
+
+def mark_interrupted(runs: Sequence[dict]) -> None:
+    """Runs still running (or not yet started) when Ctrl-C came are marked interrupted."""
+    for record in runs:
+        if record.get("status", "running") == "running":
+            record["status"] = "interrupted"

@@ -18,11 +18,10 @@ import os
 import shlex
 import statistics
 import sys
-import tempfile
 import textwrap
 from collections.abc import Sequence
 
-from jax_resnet_speed import cli, presets
+from jax_resnet_speed import cli, presets, report
 
 FORMAT = 1  # series.json's layout version
 JSON_NAME, MD_NAME, PNG_NAME = "series.json", "series.md", "series.png"
@@ -189,8 +188,6 @@ def myrtle_reference(recipe: presets.Recipe) -> dict:
 
 def table_rows(series: dict, names: Sequence[str]) -> list[dict]:
     """One row per preset: Myrtle's numbers and ours, with both ratios to the previous row."""
-    from jax_resnet_speed import report
-
     rows: list[dict] = []
     for name in names:
         recipe = presets.get_preset(name)
@@ -320,29 +317,6 @@ def smoke_line(series: dict) -> str | None:
     return f"{kind}: these are not results ({', '.join(reasons)})"
 
 
-def _make_readable(path: str) -> None:
-    """Give a temp file (created 0600) the permissions of an ordinary new file under the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def _write_atomically(path: str, write, mode: str = "w") -> None:
-    """Write through `write(handle)` into a temp file beside `path`, then rename it over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(mode, dir=folder, prefix=f".{os.path.basename(path)}.",
-                                         suffix=".tmp", delete=False)
-    try:
-        with handle:
-            write(handle)
-        _make_readable(handle.name)
-        os.replace(handle.name, path)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
-
-
 def markdown(series: dict, rows: Sequence[dict]) -> str:
     env, s = series["environment"], series["settings"]
     each = "each preset's"
@@ -436,20 +410,17 @@ def write_png(path: str, series: dict, rows: Sequence[dict]) -> str | None:
     if smoke_line(series):
         title += "\n" + textwrap.fill(smoke_line(series), width=int(fig_width * 10))
     fig.suptitle(title)
-    _write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=110), mode="wb")
+    report.write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=110), mode="wb")
     return None
 
 
 def write_outputs(series: dict, names: Sequence[str], json_path: str, out: str) -> tuple[list[dict], list[str]]:
     """series.json (with the table), series.md and series.png. Returns the table's rows and the paths written."""
-    from jax_resnet_speed import report
-
     rows = table_rows(series, names)
     series["table"] = rows
     report.write_json(json_path, series)
-    _make_readable(json_path)
     md_path, png_path = os.path.join(out, MD_NAME), os.path.join(out, PNG_NAME)
-    _write_atomically(md_path, lambda handle: handle.write(markdown(series, rows)))
+    report.write_atomically(md_path, lambda handle: handle.write(markdown(series, rows)))
     written = [json_path, md_path]
     note = write_png(png_path, series, rows)
     if note:
@@ -468,7 +439,7 @@ def _now() -> str:
 def run_series(args: argparse.Namespace, names: list[str], argv: Sequence[str]) -> int:
     import jax
 
-    from jax_resnet_speed import data, report
+    from jax_resnet_speed import data
 
     backend = jax.default_backend()
     out = args.out
@@ -532,7 +503,6 @@ def run_series(args: argparse.Namespace, names: list[str], argv: Sequence[str]) 
         series["updated"] = _now()
         series["table"] = table_rows(series, names)
         report.write_json(json_path, series)
-        _make_readable(json_path)
 
     seeds = [args.seed + index for index in range(args.runs)]
     interrupted = False
@@ -560,9 +530,7 @@ def run_series(args: argparse.Namespace, names: list[str], argv: Sequence[str]) 
                 break
     except KeyboardInterrupt:  # between presets: run_all handles the ones inside a preset
         for entry in series["presets"].values():
-            for record in entry.get("runs", []):
-                if record.get("status", "running") == "running":
-                    record["status"] = "interrupted"
+            report.mark_interrupted(entry.get("runs", []))
         print("\ninterrupted: saving what finished", file=sys.stderr)
         interrupted = True
 

@@ -27,13 +27,10 @@ def main() -> None:
     accuracies: dict[str, list[float]] = {}
     for form in ("page", "torch"):
         config = train.RunConfig(base.recipe.replace(**{"optimiser.update": form}), base.precision, base.width_mult)
-        data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
-                                   dataset.test_labels, dataset.mean, dataset.std, config.recipe,
-                                   train.PRECISIONS[config.precision])
-        programs, _ = train.compile_programs(train.build_programs(config, data), data, args.seed)
+        run_one = cli.prepare_runs(config, dataset, args.seed, payload={})
         accuracies[form] = []
         for seed in range(args.seed, args.seed + args.runs):
-            record = train.run(programs, data, config, seed, lambda metrics: None, {})
+            record = run_one(seed, lambda metrics: None, {})
             accuracies[form].append(record["final_accuracy"])
             print(f"{form} seed {seed}: {record['final_accuracy']:.4f}", flush=True)
 
