@@ -34,7 +34,7 @@ def param_groups(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(label, params)
 
 
-def nesterov_sgd(lr: optax.Schedule, weight_decay: float, momentum: float, nesterov: bool,
+def nesterov_sgd(lr: optax.Schedule, weight_decay: float | jax.Array, momentum: float | jax.Array, nesterov: bool,
                  update: str) -> optax.GradientTransformation:
     """SGD with coupled weight decay in one of two forms (presets.Optimiser.update).
 
@@ -51,16 +51,41 @@ def nesterov_sgd(lr: optax.Schedule, weight_decay: float, momentum: float, neste
     raise ValueError(f"unknown update form {update!r}; use 'torch' or 'page'")
 
 
-def make_optimizer(recipe: Recipe, schedule: optax.Schedule, batch_size: int) -> optax.GradientTransformation:
+class Hyper(NamedTuple):
+    """The hyperparameters the optimiser takes as traced values, so one program can vmap over them.
+
+    lr_scale multiplies the recipe's schedule; weight_decay and momentum replace the recipe's
+    (Myrtle units, as in presets.Optimiser).
+    """
+
+    lr_scale: jax.Array
+    weight_decay: jax.Array
+    momentum: jax.Array
+
+    @classmethod
+    def of(cls, recipe: Recipe, lr_scale: float = 1.0, weight_decay: float | None = None,
+           momentum: float | None = None) -> "Hyper":
+        """The recipe's own values (lr_scale 1), or the given ones, as float32 scalars."""
+        o = recipe.optimiser
+        values = (lr_scale, o.weight_decay if weight_decay is None else weight_decay,
+                  o.momentum if momentum is None else momentum)
+        return cls(*(jnp.asarray(v, jnp.float32) for v in values))
+
+
+def make_optimizer(recipe: Recipe, schedule: optax.Schedule, batch_size: int,
+                   hyper: Hyper | None = None) -> optax.GradientTransformation:
     """SGD with Nesterov momentum and coupled weight decay, on a loss summed over the batch.
 
-    BN biases get lr x bn_bias_lr_mult and wd x bn_bias_wd_mult.
+    BN biases get lr x bn_bias_lr_mult and wd x bn_bias_wd_mult. `hyper` (default: the
+    recipe's) may hold traced values; the optimiser state does not depend on them.
     """
     o = recipe.optimiser
+    if hyper is None:
+        hyper = Hyper.of(recipe)
 
     def sgd(lr_mult: float, wd_mult: float) -> optax.GradientTransformation:
-        return nesterov_sgd(lambda step: schedule(step) * lr_mult / batch_size,
-                            o.weight_decay * batch_size * wd_mult, o.momentum, o.nesterov, o.update)
+        return nesterov_sgd(lambda step: schedule(step) * hyper.lr_scale * lr_mult / batch_size,
+                            hyper.weight_decay * batch_size * wd_mult, hyper.momentum, o.nesterov, o.update)
 
     return optax.multi_transform(
         {"weights": sgd(1.0, 1.0), "bn_bias": sgd(o.bn_bias_lr_mult, o.bn_bias_wd_mult)},

@@ -43,6 +43,7 @@ class TrainState(flax.struct.PyTreeNode):
     batch_stats: Any
     constants: Any  # frozen: the whitening filters
     opt_state: Any
+    hyper: optim.Hyper  # traced: a group of runs can vmap over them (group.py)
     ema: Any  # {"params", "batch_stats"}, or None without EMA
     loss_scale: optim.LossScale | None  # fp16 only
     totals: jax.Array  # running [loss sum, correct, examples] over the whole run
@@ -91,12 +92,13 @@ def put_on_device(train_images: np.ndarray, train_labels: np.ndarray, test_image
 class Programs:
     """The pure functions of a run, jitted (and, after `compile`, compiled ahead of time)."""
 
-    init: Callable[[jax.Array, jax.Array], TrainState]
+    init: Callable[[jax.Array, jax.Array, optim.Hyper], TrainState]
     epoch_batches: Callable[[jax.Array, jax.Array], jax.Array]
     train_step: Callable[[TrainState, jax.Array, jax.Array, jax.Array], TrainState]
     evaluate: Callable[[Any, jax.Array, jax.Array], jax.Array]
     schedule: optax.Schedule
     steps_per_epoch: int
+    hyper: optim.Hyper  # the recipe's own
 
 
 def build_programs(config: RunConfig, data: DeviceData) -> Programs:
@@ -106,11 +108,10 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
     net = model_lib.for_recipe(recipe, config.width_mult, PRECISIONS[config.precision])
     steps_per_epoch = data.num_train // aug.batch_size
     schedule = optim.lr_schedule(recipe, steps_per_epoch)
-    optimizer = optim.make_optimizer(recipe, schedule, aug.batch_size)
     ema_momentum = recipe.ema_momentum_per_step(steps_per_epoch * opt.epochs) if opt.ema_momentum else None
     pad = aug.crop_padding
 
-    def init(key, train_padded):
+    def init(key, train_padded, hyper):
         init_key, rng = jax.random.split(key)
         train_images = train_padded[:, pad:pad + IMAGE_SIZE, pad:pad + IMAGE_SIZE]
         variables = net.init(init_key, train_images[:1], train=False)
@@ -121,7 +122,7 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
             constants = {"whitening": model_lib.patch_whitening_filters(whitening_sample, spec.whitening_eps)}
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, constants=constants,
-            opt_state=optimizer.init(params),
+            opt_state=optim.make_optimizer(recipe, schedule, aug.batch_size, hyper).init(params), hyper=hyper,
             ema={"params": params, "batch_stats": batch_stats} if opt.ema_momentum else None,
             loss_scale=optim.LossScale.create() if config.precision == "fp16" else None,
             totals=jnp.zeros(3, jnp.float32), rng=rng)
@@ -144,6 +145,7 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
 
         grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
         grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
+        optimizer = optim.make_optimizer(recipe, schedule, aug.batch_size, state.hyper)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         new = state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
                             batch_stats=batch_stats)
@@ -174,7 +176,7 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
 
     return Programs(init=jax.jit(init), epoch_batches=jax.jit(epoch_batches),
                     train_step=jax.jit(train_step, donate_argnums=0), evaluate=jax.jit(evaluate),
-                    schedule=schedule, steps_per_epoch=steps_per_epoch)
+                    schedule=schedule, steps_per_epoch=steps_per_epoch, hyper=optim.Hyper.of(recipe))
 
 
 def logits_with_tta(apply: Callable[[jax.Array], jax.Array], images: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -189,15 +191,19 @@ def eval_variables(state: TrainState) -> dict:
     return {**weights, "constants": state.constants}
 
 
-def compile_programs(programs: Programs, data: DeviceData, seed: int) -> tuple[Programs, float]:
+def compile_programs(programs: Programs, data: DeviceData, seed: int,
+                     key: jax.Array | None = None, hyper: optim.Hyper | None = None) -> tuple[Programs, float]:
     """Compile (and autotune) every program ahead of time, then warm each up once.
 
     Returns the compiled programs and the seconds spent, which stay off the training clock.
+    `key` and `hyper` (default: the key of `seed`, the recipe's hyperparameters) are the init's
+    arguments; a group of runs (group.py) passes them stacked.
     """
     start = time.perf_counter()
-    key = jax.random.key(seed)
-    init = programs.init.lower(key, data.train_padded).compile()
-    state = init(key, data.train_padded)
+    key = jax.random.key(seed) if key is None else key
+    hyper = programs.hyper if hyper is None else hyper
+    init = programs.init.lower(key, data.train_padded, hyper).compile()
+    state = init(key, data.train_padded, hyper)
     epoch_batches = programs.epoch_batches.lower(state.rng, jnp.int32(0)).compile()
     batches = epoch_batches(state.rng, jnp.int32(0))
     train_step = programs.train_step.lower(state, data.train_padded, data.train_labels, batches).compile()
@@ -226,7 +232,7 @@ def run(programs: Programs, data: DeviceData, config: RunConfig, seed: int,
     """
     recipe = config.recipe
     record.update(seed=seed, status="running", epochs=[], final_accuracy=None, seconds_to_target=None)
-    state = jax.block_until_ready(programs.init(jax.random.key(seed), data.train_padded))
+    state = jax.block_until_ready(programs.init(jax.random.key(seed), data.train_padded, programs.hyper))
     train_seconds, previous_totals = 0.0, np.zeros(3)
     for epoch in range(1, recipe.epochs + 1):
         start = time.perf_counter()
@@ -251,7 +257,7 @@ def run(programs: Programs, data: DeviceData, config: RunConfig, seed: int,
 
 def profile_epoch(programs: Programs, data: DeviceData, seed: int, trace_dir: str) -> None:
     """Trace one full epoch of a throw-away run with jax.profiler (after compilation)."""
-    state = jax.block_until_ready(programs.init(jax.random.key(seed), data.train_padded))
+    state = jax.block_until_ready(programs.init(jax.random.key(seed), data.train_padded, programs.hyper))
     with jax.profiler.trace(trace_dir):
         jax.block_until_ready(train_epoch(programs, data, state, epoch=1))
 

@@ -83,7 +83,7 @@ def trainer_step_seconds(preset, width_mult, batch_size, images, labels, steps):
     data = train.put_on_device(raw, np.asarray(labels), raw[:100], np.asarray(labels)[:100],
                                np.full(3, 0.5), np.full(3, 0.25), recipe, jnp.float32)
     programs, _ = train.compile_programs(train.build_programs(config, data), data, seed=0)
-    state = programs.init(jax.random.key(0), data.train_padded)
+    state = programs.init(jax.random.key(0), data.train_padded, programs.hyper)
     batches = programs.epoch_batches(state.rng, jnp.int32(0))
     return time_steps(programs.train_step, state, (data.train_padded, data.train_labels, batches), steps)
 

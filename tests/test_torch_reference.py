@@ -74,7 +74,7 @@ def jax_steps(config, images, labels, steps):
     """Initial and after-each-step variables and cumulative loss of the JAX trainer."""
     data = train.put_on_device(images, labels, images[:10], labels[:10], MEAN, STD, config.recipe, jnp.float32)
     programs = train.build_programs(config, data)
-    state = programs.init(jax.random.key(0), data.train_padded)
+    state = programs.init(jax.random.key(0), data.train_padded, programs.hyper)
     batches = jnp.arange(BATCH)[None]  # step 0 (and every step: one step per epoch) trains on images 0..B-1
 
     def snapshot(s):

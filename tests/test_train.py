@@ -115,7 +115,7 @@ def test_every_preset_builds_takes_a_step_and_evaluates(preset):
     labels = rng.integers(0, 10, 64).astype(np.int32)
     data = train.put_on_device(images, labels, images[:20], labels[:20], MEAN, STD, recipe, jnp.float32)
     programs = train.build_programs(config, data)
-    state = programs.init(jax.random.key(0), data.train_padded)
+    state = programs.init(jax.random.key(0), data.train_padded, programs.hyper)
     before = jax.tree_util.tree_map(np.array, state.params)
     state = programs.train_step(state, data.train_padded, data.train_labels,
                                 programs.epoch_batches(state.rng, jnp.int32(1)))

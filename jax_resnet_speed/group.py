@@ -1,0 +1,126 @@
+"""Many independent runs of one recipe trained together in one compiled program.
+
+The train step is vmapped over a stacked train state. Each member of a group has its own seed
+(initialisation, shuffling and augmentation) and its own traced hyperparameters (optim.Hyper);
+all members share the dataset on the device and one compiled program. The experiments of
+posts 5-7 vmap over hyperparameters with it; a group of seeds is the same machinery.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_resnet_speed import optim, report, train
+
+
+def stack(trees: Sequence[Any]) -> Any:
+    """Pytrees of the same structure stacked along a new leading axis."""
+    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def keys(seeds: Sequence[int]) -> jax.Array:
+    """The PRNG key of each seed, as train.run makes it for a single run."""
+    return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+
+
+def vmapped(programs: train.Programs) -> train.Programs:
+    """The programs of a run, vmapped over the members of a group (the dataset is shared)."""
+    return dataclasses.replace(
+        programs,
+        init=jax.jit(jax.vmap(programs.init, in_axes=(0, None, 0))),
+        epoch_batches=jax.jit(jax.vmap(programs.epoch_batches, in_axes=(0, None))),
+        train_step=jax.jit(jax.vmap(programs.train_step, in_axes=(0, None, None, 0)), donate_argnums=0),
+        evaluate=jax.jit(jax.vmap(programs.evaluate, in_axes=(0, None, None))))
+
+
+def compile_group(programs: train.Programs, data: train.DeviceData, seeds: Sequence[int],
+                  hypers: Sequence[optim.Hyper]) -> tuple[train.Programs, float]:
+    """vmapped(programs), compiled for a group of len(seeds) members; and the seconds it took."""
+    return train.compile_programs(vmapped(programs), data, seeds[0], keys(seeds), stack(hypers))
+
+
+def member_bytes(programs: train.Programs, data: train.DeviceData) -> int:
+    """Estimated device bytes one more member of a group needs: its train state (twice: the
+    step's input and output) and the scratch memory of one train step, from XLA's memory
+    analysis of the single-run step. The dataset is shared and not counted."""
+    state = jax.eval_shape(programs.init, jax.random.key(0), data.train_padded, programs.hyper)
+    batches = jax.eval_shape(programs.epoch_batches, state.rng, jnp.int32(0))
+    state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(state)
+                      if hasattr(leaf.dtype, "itemsize"))
+    step = programs.train_step.lower(state, data.train_padded, data.train_labels, batches).compile()
+    analysis = step.memory_analysis()
+    scratch = analysis.temp_size_in_bytes if analysis is not None else 0
+    return 2 * state_bytes + scratch + batches.size * batches.dtype.itemsize
+
+
+def available_bytes(device: jax.Device | None = None) -> int:
+    """Free memory of the device (the allocator's limit less what is in use), or of the host on a
+    CPU backend, whose devices do not report memory."""
+    device = device or jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def members_that_fit(per_member: int, available: int, headroom: float = 0.8) -> int:
+    """How many members fit in `headroom` of the available memory (at least one)."""
+    return max(1, int(available * headroom) // max(per_member, 1))
+
+
+def run(programs: train.Programs, data: train.DeviceData, config: train.RunConfig, seeds: Sequence[int],
+        hypers: Sequence[optim.Hyper], on_epoch: Callable[[int, dict], None], records: Sequence[dict]) -> None:
+    """Train a group (programs from compile_group) and fill records[k] as train.run fills one run's.
+
+    The members share one clock: every record's seconds are the group's. A member whose loss
+    stops being finite is marked diverged and its later epochs are dropped; the others go on.
+    """
+    recipe = config.recipe
+    for record, seed in zip(records, seeds, strict=True):
+        record.update(seed=seed, status="running", epochs=[], final_accuracy=None, seconds_to_target=None)
+    state = jax.block_until_ready(programs.init(keys(seeds), data.train_padded, stack(hypers)))
+    lr_scales = np.asarray(state.hyper.lr_scale)
+    train_seconds, previous_totals = 0.0, np.zeros((len(seeds), 3))
+    for epoch in range(1, recipe.epochs + 1):
+        start = time.perf_counter()
+        state = train.train_epoch(programs, data, state, epoch)
+        totals = np.asarray(jax.device_get(state.totals))  # waits for the device
+        epoch_seconds = time.perf_counter() - start
+        train_seconds += epoch_seconds
+
+        eval_start = time.perf_counter()
+        sums = np.asarray(jax.device_get(programs.evaluate(train.eval_variables(state), data.test_images,
+                                                             data.test_labels)))
+        eval_seconds = time.perf_counter() - eval_start
+
+        lr = float(programs.schedule(epoch * programs.steps_per_epoch))
+        for member, record in enumerate(records):
+            if record["status"] != "running":
+                continue
+            metrics = report.epoch_metrics(epoch, lr * lr_scales[member], totals[member] - previous_totals[member],
+                                           sums[member], recipe.evaluation.tta, epoch_seconds, train_seconds,
+                                           eval_seconds)
+            try:
+                report.add_epoch(record, metrics, lambda m, member=member: on_epoch(member, m))
+            except report.Diverged:
+                pass  # status is "diverged"; the rest of the group trains on
+        previous_totals = totals
+        if all(record["status"] != "running" for record in records):
+            break
+    for record in records:
+        if record["status"] == "running":
+            report.complete_run(record, recipe.timing.target)
+
+
+def padded(items: Sequence[Any], size: int) -> list[Any]:
+    """`items` filled up to `size` with copies of the last, so a short last chunk reuses the
+    program compiled for full chunks (the copies' results are dropped)."""
+    return [*items, *[items[-1]] * (size - len(items))]
