@@ -23,11 +23,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, preset: bool = True) -> N
         parser.add_argument("--preset", default=presets.DEFAULT_PRESET, choices=sorted(presets.PRESETS),
                             help="recipe to train (see --list-presets)")
         parser.add_argument("--list-presets", action="store_true", help="list the recipes and exit")
-    parser.add_argument("--data", metavar="PATH",
-                        help="CIFAR-10 source: official tarball or batches folder, image-folder tree or archive, "
-                             ".npz, or 'tfds'; default $JAX_RESNET_SPEED_DATA, then the cache, then download")
-    parser.add_argument("--cache-dir", metavar="DIR", help="where decoded datasets are cached "
-                        "(default $XDG_CACHE_HOME/jax_resnet_speed or ~/.cache/jax_resnet_speed)")
+    add_data_arguments(parser)
     parser.add_argument("--epochs", type=int, help="training epochs (default: the preset's); "
                         "the lr schedule stretches to fit")
     parser.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
@@ -37,9 +33,18 @@ def add_run_arguments(parser: argparse.ArgumentParser, preset: bool = True) -> N
     parser.add_argument("--seed", type=int, default=0, help="seed of the first run; run i uses seed + i")
     parser.add_argument("--runs", type=int, default=1, help="independent runs, compiled once")
     parser.add_argument("--target", type=float, help="target test accuracy as a fraction (default: the preset's)")
+    parser.add_argument("--width-mult", type=float, default=1.0, help="scale every channel width (smoke tests)")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the data comes from and how much of it: shared by the trainer and the experiments."""
+    parser.add_argument("--data", metavar="PATH",
+                        help="CIFAR-10 source: official tarball or batches folder, image-folder tree or archive, "
+                             ".npz, or 'tfds'; default $JAX_RESNET_SPEED_DATA, then the cache, then download")
+    parser.add_argument("--cache-dir", metavar="DIR", help="where decoded datasets are cached "
+                        "(default $XDG_CACHE_HOME/jax_resnet_speed or ~/.cache/jax_resnet_speed)")
     parser.add_argument("--train-subset", type=int, metavar="N", help="train on the first N training images")
     parser.add_argument("--test-subset", type=int, metavar="N", help="evaluate on the first N test images")
-    parser.add_argument("--width-mult", type=float, default=1.0, help="scale every channel width (smoke tests)")
 
 
 def build_parser() -> argparse.ArgumentParser:

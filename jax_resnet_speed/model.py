@@ -100,14 +100,16 @@ class ConvBlock(nn.Module):
         # Pooling before BN (Myrtle post 8) normalises 4x fewer activations.
         if self.pool and s.pool_before_bn:
             x = nn.max_pool(x, (2, 2), (2, 2))
-        x = activation(s, batch_norm(s, train, self.dtype)(x, train)).astype(self.dtype)
+        if s.batch_norm:
+            x = batch_norm(s, train, self.dtype)(x, train)
+        x = activation(s, x).astype(self.dtype)
         if self.pool and not s.pool_before_bn:
             x = nn.max_pool(x, (2, 2), (2, 2))
         return x
 
 
 class Residual(nn.Module):
-    """x + two post-activation conv blocks of x."""
+    """x + two post-activation conv blocks of x (without the x when the spec has no shortcut)."""
 
     features: int
     spec: NetworkSpec
@@ -117,7 +119,7 @@ class Residual(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         branch = ConvBlock(self.features, self.spec, self.dtype)(x, train)
         branch = ConvBlock(self.features, self.spec, self.dtype)(branch, train)
-        return x + branch
+        return x + branch if self.spec.shortcut else branch
 
 
 class PreActBlock(nn.Module):

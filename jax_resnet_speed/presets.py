@@ -46,10 +46,12 @@ class Network:
     # Residual blocks per stage. Post-act: blocks of two conv units after the stage's conv;
     # pre-act: the stage's basic blocks, the first of which downsamples.
     residual_blocks: tuple[int, ...] = (1, 0, 1)
+    shortcut: bool = True  # post-act residual blocks add their input back; False chains them (post 7)
     pool_before_bn: bool = False  # conv -> pool -> BN -> act instead of conv -> BN -> act -> pool
     activation: str = "relu"  # "relu" or "celu"
     celu_alpha: float = 0.3
     # Batch norm.
+    batch_norm: bool = True  # False: post-act units are conv -> act, with no normalisation (post 7)
     ghost_bn_splits: int = 1
     bn_scale_frozen: bool = False
     bn_scale_init: str = "ones"  # "ones", or "uniform": PyTorch 0.4's U(0, 1), which the early posts ran with

@@ -1,0 +1,103 @@
+"""What every experiment shares: its command line, its data on the device, and its outputs
+(a PNG, a JSON with every number behind it, and a markdown summary), written atomically."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from jax_resnet_speed import cli, report
+
+PROGRESS_PREFIX = "  "
+
+
+def build_parser(name: str, description: str, scales: Mapping[str, Mapping[str, Any]]) -> argparse.ArgumentParser:
+    """--out, --scale and the trainer's data, width, precision, seed and epoch flags.
+
+    A scale is plain data: the defaults of every flag it sets (and the experiment's own sizes).
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m jax_resnet_speed.experiments.{name}", description=description)
+    parser.add_argument("--out", required=True, metavar="DIR", help=f"folder for {name}.png, .json and .md")
+    parser.add_argument("--scale", choices=sorted(scales), default="smoke",
+                        help="smoke: minutes on a CPU; full: the post's setting, for a GPU")
+    cli.add_data_arguments(parser)
+    parser.add_argument("--width-mult", type=float, help="scale every channel width (default: the scale's)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: the scale's)")
+    parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"),
+                        help="compute precision (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the runs")
+    return parser
+
+
+def settings(args: argparse.Namespace, scales: Mapping[str, Mapping[str, Any]], backend: str) -> dict:
+    """The scale's values, with every flag the user gave in their place."""
+    chosen = dict(scales[args.scale])
+    for key in ("train_subset", "test_subset", "width_mult", "epochs", "precision"):
+        if getattr(args, key, None) is not None:
+            chosen[key] = getattr(args, key)
+    chosen.setdefault("precision", "fp32" if backend == "cpu" else "bf16")
+    chosen["seed"] = args.seed
+    args.train_subset, args.test_subset = chosen.get("train_subset"), chosen.get("test_subset")
+    return chosen
+
+
+def upload(dataset, recipe, precision: str):
+    """The dataset on the device, normalised and padded for `recipe` (train.put_on_device)."""
+    from jax_resnet_speed import train
+
+    return train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
+                               dataset.test_labels, dataset.mean, dataset.std, recipe, train.PRECISIONS[precision])
+
+
+def progress(text: str) -> None:
+    print(f"{PROGRESS_PREFIX}{text}", flush=True)
+
+
+def write_outputs(out: str, name: str, figure, payload: dict, summary: str) -> list[str]:
+    """NAME.png (the matplotlib figure), NAME.json and NAME.md in `out`; returns their paths."""
+    import os
+
+    import matplotlib.pyplot as plt
+
+    paths = [os.path.join(out, f"{name}.{ext}") for ext in ("png", "json", "md")]
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    report.write_atomically(paths[0], lambda handle: handle.write(buffer.getvalue()), mode="wb")
+    report.write_json(paths[1], payload)
+    report.write_atomically(paths[2], lambda handle: handle.write(summary))
+    return paths
+
+
+def environment_line(settings: dict) -> str:
+    env = report.environment()
+    return (f"{env['device_kind']} ({env['backend']}), jax {env['jax']}, {settings['precision']}, "
+            f"width x{settings.get('width_mult', 1.0)}")
+
+
+def main(run: Callable[[argparse.Namespace], list[str]], parser: argparse.ArgumentParser,
+         argv: Sequence[str] | None = None) -> int:
+    """Parse, run, print the outputs' paths. Data errors exit 1 and Ctrl-C 130, each with one line."""
+    from jax_resnet_speed import data
+
+    args = parser.parse_args(argv)
+    for name in ("epochs", "train_subset", "test_subset"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.width_mult is not None and args.width_mult <= 0:
+        parser.error(f"--width-mult must be positive, got {args.width_mult}")
+    try:
+        paths = run(args)
+    except data.DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return cli.EXIT_DATA_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing written", file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
