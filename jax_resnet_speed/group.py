@@ -77,11 +77,13 @@ def members_that_fit(per_member: int, available: int, headroom: float = 0.8) -> 
 
 
 def run(programs: train.Programs, data: train.DeviceData, config: train.RunConfig, seeds: Sequence[int],
-        hypers: Sequence[optim.Hyper], on_epoch: Callable[[int, dict], None], records: Sequence[dict]) -> None:
+        hypers: Sequence[optim.Hyper], on_epoch: Callable[[int, dict], None], records: Sequence[dict],
+        after_epoch: Callable[[int], None] | None = None) -> None:
     """Train a group (programs from compile_group) and fill records[k] as train.run fills one run's.
 
     The members share one clock: every record's seconds are the group's. A member whose loss
     stops being finite is marked diverged and its later epochs are dropped; the others go on.
+    on_epoch(member, metrics) is called for each member still training, then after_epoch(epoch).
     """
     recipe = config.recipe
     for record, seed in zip(records, seeds, strict=True):
@@ -113,6 +115,8 @@ def run(programs: train.Programs, data: train.DeviceData, config: train.RunConfi
             except report.Diverged:
                 pass  # status is "diverged"; the rest of the group trains on
         previous_totals = totals
+        if after_epoch is not None:
+            after_epoch(epoch)
         if all(record["status"] != "running" for record in records):
             break
     for record in records:

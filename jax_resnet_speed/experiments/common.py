@@ -44,6 +44,17 @@ def settings(args: argparse.Namespace, scales: Mapping[str, Mapping[str, Any]], 
     return chosen
 
 
+def load_dataset(args: argparse.Namespace, batch_size: int):
+    """The dataset with the subsets of `settings`; data.DataError when it is smaller than one batch."""
+    from jax_resnet_speed import data
+
+    dataset = cli.load_data(args)
+    if len(dataset.train_images) < batch_size:
+        raise data.DataError(f"{len(dataset.train_images)} training images are fewer than one batch of "
+                             f"{batch_size}; lower --batch-size or raise --train-subset")
+    return dataset
+
+
 def upload(dataset, recipe, precision: str):
     """The dataset on the device, normalised and padded for `recipe` (train.put_on_device)."""
     from jax_resnet_speed import train
