@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -95,6 +96,11 @@ def main(run: Callable[[argparse.Namespace], list[str]], parser: argparse.Argume
     from jax_resnet_speed import data
 
     args = parser.parse_args(argv)
+    # Checked before a long run, not after it.
+    if importlib.util.find_spec("matplotlib") is None:
+        print('error: the experiments draw with matplotlib; install it with pip install -e ".[plot]"',
+              file=sys.stderr)
+        return cli.EXIT_DATA_ERROR
     for name in ("epochs", "train_subset", "test_subset"):
         value = getattr(args, name)
         if value is not None and value <= 0:

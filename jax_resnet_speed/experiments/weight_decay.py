@@ -172,13 +172,13 @@ def predictions(result: dict, recipe: presets.Recipe) -> dict[str, np.ndarray]:
 
 
 def measured_against_predicted(result: dict, recipe: presets.Recipe) -> dict:
-    """Per layer, the mean ratio measured / predicted over the steps after the warm-up peak.
+    """Per layer, the mean of measured / predicted |dw| / |w| over the steps from 50% to 90% of the run.
 
-    The ratio at the equilibrium lags a changing lr, so it is compared over the annealing
-    half of the run, where the prediction is far from zero."""
-    lr = np.asarray(result["lr"])
-    peak = int(np.argmax(lr))
-    window = slice(peak, peak + max(1, (len(lr) - peak) // 2))
+    The weights need a few epochs after the warm-up to settle, and in the last steps the lr
+    falls to zero faster than |w| can follow, so the comparison leaves out both ends.
+    """
+    steps = len(result["lr"])
+    window = slice(steps // 2, max(steps // 2 + 1, int(0.9 * steps)))
     out = {}
     for label, predicted in predictions(result, recipe).items():
         out[label] = {name: float(np.mean(np.asarray(measured)[window] / predicted[window]))
@@ -219,8 +219,9 @@ def summary(result: dict, recipe: presets.Recipe, title: str, scale: str) -> str
     convs = [c for name, changes in invariance.items() if name != "classifier" for c in changes]
     lines = [f"# Post 6: weight decay ({scale} scale)", "", title, "",
              f"Final test accuracy {result['epochs'][-1]['test_accuracy']:.4f}. Per conv layer: |w| at the start "
-             "and the end, and the measured |dw| / |w| over the annealing half of the run (from the lr peak) "
-             "divided by each equilibrium prediction (1 = on the prediction).", "",
+             "and the end, and the measured |dw| / |w| divided by each equilibrium prediction (1 = on the "
+             "prediction), averaged over the steps from 50% to 90% of the run (after the weights settle, before "
+             "the lr falls to zero).", "",
              "| layer | start |w| | end |w| | " + " | ".join(f"measured / {label}" for label in ratios) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in ratios) + " |"]
     for index, name in enumerate(result["layers"]):
