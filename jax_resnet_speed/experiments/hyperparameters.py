@@ -32,9 +32,9 @@ SCALES = {
     "full": {"width_mult": 1.0, "epochs": 24, "batch_size": 512, "grid": 5},
 }
 
-# vmap over weights turns each convolution into a grouped one, which XLA:CPU runs about 14x
-# slower per image than the plain convolution (ResNet-9 x0.125, batch 128: 234 images/s alone,
-# 65 in a group of 4), so on a CPU the points run one at a time through the same program.
+# vmap over weights turns each convolution into a grouped one, which XLA:CPU runs slower per
+# image than the plain one (scripts/bench_parallel.py, ResNet-9 x0.125, batch 128: 352 images/s
+# alone, 133 in all for a group of 4), so on a CPU the points run one at a time.
 CPU_POINTS_AT_ONCE = 1
 
 
