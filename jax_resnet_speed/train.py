@@ -115,7 +115,7 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
         init_key, rng = jax.random.split(key)
         train_images = train_padded[:, pad:pad + IMAGE_SIZE, pad:pad + IMAGE_SIZE]
         variables = net.init(init_key, train_images[:1], train=False)
-        params, batch_stats = variables["params"], variables["batch_stats"]
+        params, batch_stats = variables["params"], variables.get("batch_stats", {})  # {}: a net without BN
         constants = {}
         if spec.stem == "whitening":
             whitening_sample = train_images[:spec.whitening_images]
@@ -141,7 +141,7 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
             variables = {"params": params, "batch_stats": state.batch_stats, "constants": state.constants}
             logits, updates = net.apply(variables, x, train=True, mutable=["batch_stats"])
             losses = optim.smoothed_cross_entropy(logits, y, opt.label_smoothing)
-            return losses.sum() * scale, (losses, logits, updates["batch_stats"])
+            return losses.sum() * scale, (losses, logits, updates.get("batch_stats", {}))
 
         grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
         grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
