@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a ResNet-9 on CIFAR-10 with a Myrtle AI recipe and time it to the target accuracy.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_run_arguments(parser)
+    parser.add_argument("--parallel", type=int, default=1, metavar="K",
+                        help="train K of the --runs together in one vmapped program (group.py); seeds as without")
     parser.add_argument("--json", metavar="PATH", help="write the machine-readable result here")
     parser.add_argument("--xla-dump", metavar="DIR",
                         help="dump the HLO of every program, before and after optimisation, into DIR "
@@ -80,8 +82,8 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser, preset: 
     """Exit 2 with a usage message on flags that make no sense for `preset` (default --preset)."""
     recipe = presets.get_preset(preset or args.preset)
     batch_size = args.batch_size if args.batch_size is not None else recipe.batch_size
-    for name in ("epochs", "batch_size", "runs", "train_subset", "test_subset"):
-        value = getattr(args, name)
+    for name in ("epochs", "batch_size", "runs", "train_subset", "test_subset", "parallel"):
+        value = getattr(args, name, None)
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     splits = recipe.network.ghost_bn_splits
@@ -160,6 +162,11 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
     exit_code = 0
     try:
         run_one = prepare()
+        if getattr(args, "parallel", 1) > 1:
+            exit_code = run_groups(args, payload, target, run_one, seeds, checkpoint if on_checkpoint else None)
+            save()
+            print(report.summary_line(payload["summary"], target))
+            return exit_code
         for seed in seeds:
             print(f"\nrun {seed - args.seed + 1}/{args.runs}, seed {seed}")
             print(report.table_header())
@@ -183,6 +190,42 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
     return exit_code
 
 
+RunGroup = Callable[[Sequence[int], Sequence[dict], Callable[[int], None]], None]
+
+
+def run_groups(args: argparse.Namespace, payload: dict, target: float, run_group: RunGroup, seeds: Sequence[int],
+               checkpoint: Callable[[], None] | None) -> int:
+    """The seeds in groups of --parallel, each trained together (group.run); tables printed per run after
+    its group. Returns the exit code: EXIT_DIVERGED when a member diverged."""
+    from jax_resnet_speed import group, report
+
+    size, exit_code = args.parallel, 0
+    chunks = [list(seeds[i:i + size]) for i in range(0, len(seeds), size)]
+    for index, chunk in enumerate(chunks, 1):
+        records = [{} for _ in chunk]
+        payload["runs"].extend(records)
+        print(f"\ngroup {index}/{len(chunks)}: seeds {', '.join(map(str, chunk))} together")
+        # A short last group is padded with copies of its last seed, to reuse the compiled program.
+        padding = [{} for _ in range(size - len(chunk))]
+        run_group(group.padded(chunk, size), records + padding,
+                  lambda epoch: print(f"  epoch {epoch} done", flush=True))
+        for record in records:
+            record["group_size"] = size
+            print(f"\nrun {record['seed'] - args.seed + 1}/{args.runs}, seed {record['seed']} "
+                  f"(in a group of {size}: the seconds are the group's)")
+            print(report.table_header())
+            for metrics in record["epochs"]:
+                print(report.table_row(metrics))
+            if record["status"] == "diverged":
+                print(f"error: run with seed {record['seed']} diverged; the rest of its group went on",
+                      file=sys.stderr)
+                exit_code = EXIT_DIVERGED
+            print(report.run_line(record, target))
+        if checkpoint is not None:
+            checkpoint()
+    return exit_code
+
+
 def train_from_args(args: argparse.Namespace) -> int:
     """Load, compile once, run --runs times, print the table and write the JSON."""
     import jax
@@ -203,8 +246,18 @@ def train_from_args(args: argparse.Namespace) -> int:
     print(f"{env['device_kind']} ({env['backend']}), jax {env['jax']}, {config.precision}, width x{config.width_mult}, "
           f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images ({dataset.source_kind})")
 
-    return run_all(args, payload, recipe.timing.target,
-                   lambda: prepare_runs(config, dataset, args.seed, payload, args.profile))
+    args.parallel = min(args.parallel, args.runs)
+
+    def prepare():
+        if args.parallel > 1:
+            return prepare_group(config, dataset, args.parallel, args.seed, payload)
+        return prepare_runs(config, dataset, args.seed, payload, args.profile)
+
+    try:
+        return run_all(args, payload, recipe.timing.target, prepare)
+    except GroupTooLarge as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_DATA_ERROR
 
 
 def prepare_runs(config, dataset, seed: int, payload: dict, profile: str | None = None) -> RunOne:
@@ -225,6 +278,39 @@ def prepare_runs(config, dataset, seed: int, payload: dict, profile: str | None 
         train.profile_epoch(programs, device_data, seed, profile)
         print(f"wrote a profile of one epoch to {profile}")
     return lambda seed, on_epoch, record: train.run(programs, device_data, config, seed, on_epoch, record)
+
+
+class GroupTooLarge(Exception):
+    """--parallel asks for more runs at once than the device's memory holds."""
+
+
+def prepare_group(config, dataset, size: int, seed: int, payload: dict) -> RunGroup:
+    """Put the dataset on the device, check that `size` runs fit together, compile the vmapped programs.
+
+    Raises GroupTooLarge, naming the largest group that fits, before compiling the group.
+    """
+    from jax_resnet_speed import group, train
+
+    device_data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
+                                      dataset.test_labels, dataset.mean, dataset.std, config.recipe,
+                                      train.PRECISIONS[config.precision])
+    programs = train.build_programs(config, device_data)
+    per_run, available = group.member_bytes(programs, device_data), group.available_bytes()
+    fits = group.members_that_fit(per_run, available)
+    if size > fits:
+        raise GroupTooLarge(f"--parallel {size} needs about {size * per_run / 2**30:.1f} GiB on top of the "
+                            f"dataset and {available / 2**30:.1f} GiB are free; the largest group that fits is "
+                            f"--parallel {fits}")
+    seeds = list(range(seed, seed + size))
+    compiled, payload["compile_seconds"] = group.compile_group(programs, device_data, seeds, [programs.hyper] * size)
+    print(f"compiled a group of {size} and warmed it up in {payload['compile_seconds']:.1f} s (not timed; "
+          f"about {per_run / 2**20:.0f} MiB per run, {fits} would fit)")
+
+    def run_group(seeds, records, after_epoch):
+        group.run(compiled, device_data, config, seeds, [programs.hyper] * len(seeds), lambda member, m: None,
+                  records, after_epoch)
+
+    return run_group
 
 
 def list_presets() -> None:

@@ -29,6 +29,7 @@ COMMANDS = {
 # Trainer flags handed on to every run unchanged.
 FORWARDED = ("data", "cache_dir", "preset", "epochs", "batch_size", "precision", "target", "train_subset",
              "test_subset", "width_mult")
+# accuracy: mean +- std (95% t interval of the mean); reached: runs (95% Wilson interval of the fraction).
 COLUMNS = ("framework", "accuracy", "reached", "median s to target", "median epoch s", "compile s", "ratio")
 INTERRUPT_GRACE_SECONDS = 60
 
@@ -151,8 +152,11 @@ def summarize(results: dict) -> tuple[list[dict], str]:
             "completed_runs": summary["completed_runs"],
             "mean_accuracy": summary["mean_accuracy"],
             "std_accuracy": summary["std_accuracy"],
+            "ci95_accuracy": summary["ci95_accuracy"],
             "runs_reaching_target": summary["runs_reaching_target"],
+            "wilson95_reaching_target": summary["wilson95_reaching_target"],
             "median_seconds_to_target": summary["median_seconds_to_target"],
+            "iqr_seconds_to_target": summary["iqr_seconds_to_target"],
             "median_train_seconds": median_or_none([r["epochs"][-1]["train_seconds"] for r in runs]),
             "median_epoch_seconds": median_or_none([m["epoch_seconds"] for r in runs for m in r["epochs"]]),
             "median_compile_seconds": median_or_none([r["compile_seconds"] for r in entry["runs"]
@@ -168,7 +172,12 @@ def table_cells(row: dict) -> list[str]:
 
     accuracy = ("-" if row["mean_accuracy"] is None
                 else f"{row['mean_accuracy']:.4f} +- {row['std_accuracy']:.4f}")
-    return [row["framework"], accuracy, f"{row['runs_reaching_target']}/{row['runs']}",
+    if row.get("ci95_accuracy"):
+        accuracy += " ({:.4f}-{:.4f})".format(*row["ci95_accuracy"])
+    reached = f"{row['runs_reaching_target']}/{row['runs']}"
+    if row.get("wilson95_reaching_target"):
+        reached += " ({:.2f}-{:.2f})".format(*row["wilson95_reaching_target"])
+    return [row["framework"], accuracy, reached,
             number(row["median_seconds_to_target"], ".2f"), number(row["median_epoch_seconds"], ".3f"),
             number(row["median_compile_seconds"], ".1f"), number(row["ratio"], ".2f")]
 
@@ -185,7 +194,8 @@ def markdown(rows: list[dict], basis: str, args: argparse.Namespace, results: di
              f"Preset {args.preset}, {args.runs} runs per framework (interleaved), seeds from {args.seed}.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|"]
     lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
-    lines += ["", f"ratio: {basis}.", "", "Seconds are training seconds (evaluation and compilation excluded); "
+    lines += ["", "accuracy: mean +- std over the completed runs (95% Student-t interval of the mean); reached: "
+              "runs reaching the target (95% Wilson interval of the fraction).", "", f"ratio: {basis}.", "", "Seconds are training seconds (evaluation and compilation excluded); "
               "compile s is each run's compile and warm-up.", "", "## Environment", ""]
     for name, entry in results.items():
         config, env = entry["config"], entry["environment"]

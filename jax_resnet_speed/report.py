@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -91,21 +92,58 @@ def _stats(values: Sequence[float]) -> dict:
             "min": min(values), "max": max(values)}
 
 
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """Student-t confidence interval of the mean (None with fewer than two values)."""
+    from scipy import stats
+
+    if len(values) < 2:
+        return None
+    mean, sem = statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+    half = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1)) * sem
+    return mean - half, mean + half
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval of a binomial proportion (None without trials): unlike the normal
+    approximation it stays inside [0, 1] and is honest at 0/n and n/n."""
+    if trials == 0:
+        return None
+    z = statistics.NormalDist().inv_cdf((1 + confidence) / 2)
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def summarize(runs: Sequence[dict]) -> dict:
-    """Mean, std (sample), min and max of accuracy and training time over the completed runs."""
+    """Accuracy (mean, std, standard error, 95% t interval, min, max) and training time over the
+    completed runs; the runs reaching the target, as a fraction of the finished runs (completed or
+    diverged) with its 95% Wilson interval; the median and interquartile range of seconds to target."""
     done = [r for r in runs if r["status"] == "completed"]
-    accuracy = _stats([r["final_accuracy"] for r in done])
+    accuracies = [r["final_accuracy"] for r in done]
+    accuracy = _stats(accuracies)
     seconds = _stats([r["epochs"][-1]["train_seconds"] for r in done])
     reached = [r["seconds_to_target"] for r in done if r["seconds_to_target"] is not None]
+    # A diverged run did not reach the target either; interrupted ones are left out.
+    finished = sum(r["status"] in ("completed", "diverged") for r in runs)
+    interval = mean_interval(accuracies)
+    wilson = wilson_interval(len(reached), finished)
     return {
         "runs": len(runs),
         "completed_runs": len(done),
         "mean_accuracy": accuracy["mean"],
         "std_accuracy": accuracy["std"],
+        "sem_accuracy": accuracy["std"] / math.sqrt(len(done)) if len(done) > 1 else None,
+        "ci95_accuracy": list(interval) if interval else None,
         "min_accuracy": accuracy["min"],
         "max_accuracy": accuracy["max"],
         "runs_reaching_target": len(reached),
+        "finished_runs": finished,
+        "fraction_reaching_target": len(reached) / finished if finished else None,
+        "wilson95_reaching_target": list(wilson) if wilson else None,
         "median_seconds_to_target": statistics.median(reached) if reached else None,
+        "iqr_seconds_to_target": (statistics.quantiles(reached, n=4, method="inclusive")[::2]
+                                  if len(reached) > 1 else None),
         "mean_train_seconds": seconds["mean"],
         "std_train_seconds": seconds["std"],
         "min_train_seconds": seconds["min"],
@@ -125,11 +163,18 @@ def run_line(record: dict, target: float) -> str:
 def summary_line(summary: dict, target: float) -> str:
     if not summary["completed_runs"]:
         return f"no run completed ({summary['runs']} started)"
-    median = summary["median_seconds_to_target"]
+    median, iqr = summary["median_seconds_to_target"], summary.get("iqr_seconds_to_target")
     median_text = f"median {median:.2f} s to target" if median is not None else "target not reached"
+    if iqr:
+        median_text += f" (IQR {iqr[0]:.2f}-{iqr[1]:.2f})"
+    interval, wilson = summary.get("ci95_accuracy"), summary.get("wilson95_reaching_target")
+    interval_text = f", 95% CI of the mean {interval[0]:.4f}-{interval[1]:.4f}" if interval else ""
+    wilson_text = f" (95% {wilson[0]:.2f}-{wilson[1]:.2f})" if wilson else ""
     return (f"{summary['completed_runs']} runs: accuracy {summary['mean_accuracy']:.4f} "
-            f"+- {summary['std_accuracy']:.4f} (min {summary['min_accuracy']:.4f}, max {summary['max_accuracy']:.4f}), "
-            f"{summary['runs_reaching_target']}/{summary['completed_runs']} reached {target:.2%}, {median_text}, "
+            f"+- {summary['std_accuracy']:.4f}{interval_text} (min {summary['min_accuracy']:.4f}, "
+            f"max {summary['max_accuracy']:.4f}), {summary['runs_reaching_target']}/"
+            f"{summary.get('finished_runs', summary['completed_runs'])} "
+            f"reached {target:.2%}{wilson_text}, {median_text}, "
             f"training {summary['mean_train_seconds']:.2f} +- {summary['std_train_seconds']:.2f} s")
 
 
@@ -192,3 +237,114 @@ def mark_interrupted(runs: Sequence[dict]) -> None:
     for record in runs:
         if record.get("status", "running") == "running":
             record["status"] = "interrupted"
+
+
+def config_key(config: dict) -> str:
+    """What must match for runs to be merged: the config without its seed and run count."""
+    return json.dumps({k: v for k, v in config.items() if k not in ("seed", "runs")}, sort_keys=True)
+
+
+def config_differences(first: dict, other: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the config fields where `other` differs from `first` (seed and runs aside)."""
+    names = []
+    for key in sorted(set(first) | set(other)):
+        if not prefix and key in ("seed", "runs"):
+            continue
+        a, b = first.get(key), other.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            names.append(f"{prefix}{key}")
+    return names
+
+
+class MergeError(Exception):
+    """Result files that cannot be merged: unreadable, another config, or a seed twice."""
+
+
+def merge(payloads: Sequence[tuple[str, dict]]) -> dict:
+    """One result from the result JSONs of many invocations of one config (name, payload pairs)."""
+    (first_name, first), seen = payloads[0], {}
+    runs = []
+    for name, payload in payloads:
+        if config_key(payload["config"]) != config_key(first["config"]):
+            differs = ", ".join(config_differences(first["config"], payload["config"]))
+            raise MergeError(f"{name} was run with another config than {first_name} (differs in {differs}); "
+                             "merge only results of one config")
+        for record in payload["runs"]:
+            if record["seed"] in seen:
+                raise MergeError(f"seed {record['seed']} is in both {seen[record['seed']]} and {name}; "
+                                 "merge only distinct runs")
+            seen[record["seed"]] = name
+            runs.append(record)
+    return {"config": {**first["config"], "runs": len(runs)}, "sources": [name for name, _ in payloads],
+            "runs": runs, "summary": summarize(runs)}
+
+
+def histogram(merged: dict, target: float, path: str) -> None:
+    """Final accuracies of the completed runs, the target marked."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    accuracies = [r["final_accuracy"] for r in merged["runs"] if r["status"] == "completed"]
+    summary = merged["summary"]
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    axes.hist(accuracies, bins=max(5, min(40, len(accuracies) // 3)), color="C0", alpha=0.8)
+    axes.axvline(target, color="C3", linestyle="--", label=f"target {target:.2%}")
+    if summary["ci95_accuracy"]:
+        axes.axvspan(*summary["ci95_accuracy"], color="grey", alpha=0.3, label="95% CI of the mean")
+    axes.set(xlabel="final test accuracy", ylabel="runs",
+             title=f"{summary['completed_runs']} runs, {summary['runs_reaching_target']}/{summary['finished_runs']} "
+                   f"reached the target")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    write_atomically(path, lambda handle: handle.write(buffer.getvalue()), mode="wb")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m jax_resnet_speed.report FILE...: merge the result JSONs of one config into one summary."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m jax_resnet_speed.report",
+                                     description="Merge result JSONs of one config (from --json) into one summary.")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="result JSONs of python -m jax_resnet_speed.train")
+    parser.add_argument("--json", metavar="PATH", help="write the merged result here")
+    parser.add_argument("--plot", metavar="PNG", help="histogram of the final accuracies, the target marked")
+    args = parser.parse_args(argv)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print('error: --plot draws with matplotlib; install it with pip install -e ".[plot]"', file=sys.stderr)
+        return 1
+    try:
+        payloads = []
+        for name in args.files:
+            try:
+                with open(name) as handle:
+                    payloads.append((name, json.load(handle)))
+            except (OSError, ValueError) as error:
+                raise MergeError(f"cannot read {name}: {error}") from None
+        merged = merge(payloads)
+    except MergeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    target = merged["config"]["recipe"]["timing"]["target"]
+    for record in merged["runs"]:
+        print(run_line(record, target))
+    print(summary_line(merged["summary"], target))
+    if args.json:
+        write_json(args.json, merged)
+        print(f"wrote {args.json}")
+    if args.plot:
+        histogram(merged, target, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

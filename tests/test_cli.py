@@ -138,3 +138,43 @@ def test_profile_writes_a_trace(tiny_npz, tmp_path):
                      "--profile", str(trace), *TINY)
     assert result.returncode == 0, result.stderr
     assert list(trace.rglob("*.xplane.pb"))
+
+
+def test_parallel_runs_match_the_same_seeds_run_one_by_one(tiny_npz, tmp_path, capsys):
+    common = ["--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "2", "--runs", "3", "--preset",
+              "myrtle-resnet9", "--train-subset", "384", "--test-subset", "150", *TINY]
+    assert cli.main([*common, "--json", str(tmp_path / "alone.json")]) == 0
+    assert cli.main([*common, "--parallel", "2", "--json", str(tmp_path / "grouped.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "group 1/2: seeds 0, 1 together" in printed and "group 2/2: seeds 2 together" in printed
+    alone, grouped = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("alone", "grouped"))
+    assert [r["seed"] for r in grouped["runs"]] == [r["seed"] for r in alone["runs"]] == [0, 1, 2]
+    for together, by_itself in zip(grouped["runs"], alone["runs"]):
+        assert together["status"] == "completed" and together["group_size"] == 2
+        # vmapped convolutions sum in another order (tests/test_group.py): close, not equal.
+        for got, want in zip(together["epochs"], by_itself["epochs"], strict=True):
+            assert got["lr"] == pytest.approx(want["lr"], rel=1e-6)
+            assert got["train_loss"] == pytest.approx(want["train_loss"], rel=2e-2)
+            assert got["test_accuracy"] == pytest.approx(want["test_accuracy"], abs=0.05)
+    assert {"ci95_accuracy", "wilson95_reaching_target", "iqr_seconds_to_target"} <= set(grouped["summary"])
+
+
+def test_a_group_too_large_for_memory_is_refused_naming_the_largest_that_fits(tiny_npz, tmp_path, monkeypatch,
+                                                                              capsys):
+    from jax_resnet_speed import group
+
+    per_run = {}
+    monkeypatch.setattr(group, "available_bytes", lambda device=None: 3 * per_run.setdefault("bytes", 0) + 10)
+    real_member_bytes = group.member_bytes
+
+    def member_bytes(programs, data):
+        per_run["bytes"] = real_member_bytes(programs, data)
+        return per_run["bytes"]
+
+    monkeypatch.setattr(group, "member_bytes", member_bytes)
+    code = cli.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "1", "--runs", "8",
+                     "--parallel", "8", "--preset", "myrtle-resnet9", "--train-subset", "384", *TINY])
+    assert code == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--parallel 8 needs about" in error[0]
+    assert error[0].endswith("the largest group that fits is --parallel 2")  # 80% of 3 runs' memory

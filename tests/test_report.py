@@ -33,7 +33,32 @@ def test_summary_counts_runs_reaching_target_and_takes_the_median():
     assert summary["std_accuracy"] == pytest.approx(math.sqrt(7.075e-5 / 3))  # by hand: squared deviations sum to 7.075e-5
     assert summary["min_accuracy"] == 0.939 and summary["max_accuracy"] == 0.95
     assert summary["mean_train_seconds"] == pytest.approx(10.5)
-    assert "3/4 reached 94.00%" in report.summary_line(summary, 0.94)
+    line = report.summary_line(summary, 0.94)
+    assert "3/5 reached 94.00% (95% 0.23-0.88)" in line  # the diverged run did not reach it either
+    assert "(IQR 6.50-7.50)" in line and "95% CI of the mean 0.9360-0.9515" in line
+
+
+def test_summary_statistics_by_hand():
+    runs = [run(0.941, 8.0), run(0.939, None), run(0.945, 6.0, seconds=12.0), run(0.95, 7.0),
+            run(None, None, status="diverged"), run(None, None, status="interrupted")]
+    summary = report.summarize(runs)
+    sd = math.sqrt(7.075e-5 / 3)
+    assert summary["sem_accuracy"] == pytest.approx(sd / 2)
+    half = 3.182446305 * sd / 2  # t(0.975, 3 degrees of freedom), from a table
+    assert summary["ci95_accuracy"] == pytest.approx([0.94375 - half, 0.94375 + half])
+    assert summary["finished_runs"] == 5 and summary["fraction_reaching_target"] == pytest.approx(0.6)
+    # Wilson 95% for 3 of 5: centre (p + z^2/2n) / (1 + z^2/n), z = 1.959964; the textbook (0.231, 0.882).
+    assert summary["wilson95_reaching_target"] == pytest.approx([0.2307, 0.8824], abs=1e-4)
+    assert summary["iqr_seconds_to_target"] == pytest.approx([6.5, 7.5])
+
+
+def test_wilson_interval_at_the_edges():
+    low, high = report.wilson_interval(0, 10)
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.2775, abs=1e-4)  # 1.96^2 / (10 + 1.96^2)
+    low, high = report.wilson_interval(10, 10)
+    assert high == pytest.approx(1.0, abs=1e-12) and low == pytest.approx(0.7225, abs=1e-4)
+    assert report.wilson_interval(0, 0) is None
+    assert report.mean_interval([0.9]) is None
 
 
 def test_summary_of_no_completed_run():
@@ -55,3 +80,37 @@ def test_write_json_is_atomic_and_turns_non_finite_numbers_into_null(tmp_path):
     report.write_json(path, {"loss": math.nan, "runs": [{"x": math.inf, "y": 1.5}]})
     assert json.loads(path.read_text()) == {"loss": None, "runs": [{"x": None, "y": 1.5}]}
     assert [p.name for p in path.parent.iterdir()] == ["out.json"]
+
+
+def result_file(path, seeds, epochs=2, accuracies=None):
+    config = {"recipe": {"optimiser": {"epochs": epochs}, "timing": {"target": 0.94}}, "precision": "fp32",
+              "seed": seeds[0], "runs": len(seeds)}
+    runs = [{**run(a, 5.0 if a >= 0.94 else None), "seed": s} for s, a in zip(seeds, accuracies)]
+    path.write_text(json.dumps({"config": config, "runs": runs, "summary": report.summarize(runs)}))
+    return str(path)
+
+
+def test_report_merges_results_of_one_config(tmp_path, capsys):
+    first = result_file(tmp_path / "a.json", [0, 1], accuracies=[0.941, 0.939])
+    second = result_file(tmp_path / "b.json", [2, 3, 4], accuracies=[0.945, 0.95, 0.93])
+    out, png = tmp_path / "merged.json", tmp_path / "hist.png"
+    assert report.main([first, second, "--json", str(out), "--plot", str(png)]) == 0
+    merged = json.loads(out.read_text())
+    assert [r["seed"] for r in merged["runs"]] == [0, 1, 2, 3, 4] and merged["config"]["runs"] == 5
+    assert merged["summary"]["mean_accuracy"] == pytest.approx(0.941)
+    assert merged["summary"]["runs_reaching_target"] == 3 and merged["sources"] == [first, second]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "5 runs: accuracy 0.9410" in capsys.readouterr().out
+
+
+def test_report_refuses_other_configs_and_repeated_seeds(tmp_path, capsys):
+    first = result_file(tmp_path / "a.json", [0, 1], accuracies=[0.941, 0.939])
+    longer = result_file(tmp_path / "b.json", [2], epochs=3, accuracies=[0.95])
+    assert report.main([first, longer]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "differs in recipe.optimiser.epochs" in error
+    again = result_file(tmp_path / "c.json", [1], accuracies=[0.95])
+    assert report.main([first, again]) == 1
+    assert "seed 1 is in both" in capsys.readouterr().err
+    assert report.main([first, str(tmp_path / "missing.json")]) == 1
+    assert "cannot read" in capsys.readouterr().err
