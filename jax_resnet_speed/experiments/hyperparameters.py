@@ -33,8 +33,8 @@ SCALES = {
 }
 
 # vmap over weights turns each convolution into a grouped one, which XLA:CPU runs slower per
-# image than the plain one (scripts/bench_parallel.py, ResNet-9 x0.125, batch 128: 352 images/s
-# alone, 133 in all for a group of 4), so on a CPU the points run one at a time.
+# image than the plain one (scripts/bench_parallel.py, ResNet-9 x0.125, batch 128: 676 images/s
+# alone, 194 in all for a group of 4), so on a CPU the points run one at a time.
 CPU_POINTS_AT_ONCE = 1
 
 
