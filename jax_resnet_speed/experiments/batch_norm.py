@@ -476,11 +476,10 @@ def run(args: argparse.Namespace) -> list[str]:
                         f"({seconds[f'hessian_{net}']:.1f} s)")
 
     headlines = headline(stress, collapsed, hessian)
-    payload = {"settings": {**chosen, "preset": PRESET, "data": args.data, "data_checksum": dataset.checksum,
-                            "train_images": len(dataset.train_images), "test_images": len(dataset.test_images),
-                            "diverged_loss": DIVERGED_LOSS, "learnt_accuracy": LEARNT_ACCURACY,
-                            "collapsed_accuracy": COLLAPSED_ACCURACY,
-                            "init": "He: PyTorch's conv init x sqrt(6), both nets"},
+    payload = {"settings": common.settings_record(chosen, PRESET, args, dataset, diverged_loss=DIVERGED_LOSS,
+                                                  learnt_accuracy=LEARNT_ACCURACY,
+                                                  collapsed_accuracy=COLLAPSED_ACCURACY,
+                                                  init="He: PyTorch's conv init x sqrt(6), both nets"),
                "environment": report.environment(), "recipes": {net: r.to_dict() for net, r in recipes.items()},
                "seconds": seconds, "stress": stress, "collapse": collapsed, "hessian": hessian, "summary": headlines}
     text = summary(chosen, stress, headlines, hessian, title)

@@ -64,6 +64,28 @@ def upload(dataset, recipe, precision: str):
                                dataset.test_labels, dataset.mean, dataset.std, recipe, train.PRECISIONS[precision])
 
 
+def post4_setup(args: argparse.Namespace, chosen: dict, preset: str):
+    """`preset` at the scale's epochs and batch size, its RunConfig, the dataset, its copy on the
+    device, and the line that titles the figure: what posts 5 and 6 train."""
+    from jax_resnet_speed import presets, train
+
+    recipe = presets.get_preset(preset).with_epochs(chosen["epochs"]).replace(
+        **{"data.batch_size": chosen["batch_size"]})
+    config = train.RunConfig(recipe, chosen["precision"], chosen["width_mult"])
+    dataset = load_dataset(args, recipe.batch_size)
+    data = upload(dataset, recipe, chosen["precision"])
+    title = (f"{recipe.name}, {recipe.epochs} epochs, batch {recipe.batch_size}, width x{chosen['width_mult']}, "
+             f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images; "
+             f"{environment_line(chosen)}")
+    return recipe, config, dataset, data, title
+
+
+def settings_record(chosen: dict, preset: str, args: argparse.Namespace, dataset, **extra: Any) -> dict:
+    """The JSON's `settings`: the scale's values as run, the preset, and which data."""
+    return {**chosen, "preset": preset, "data": args.data, "data_checksum": dataset.checksum,
+            "train_images": len(dataset.train_images), "test_images": len(dataset.test_images), **extra}
+
+
 def progress(text: str) -> None:
     print(f"{PROGRESS_PREFIX}{text}", flush=True)
 

@@ -19,6 +19,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
 
 from jax_resnet_speed import group, optim, presets, report, train
@@ -97,25 +98,16 @@ def flatness(accuracy: np.ndarray, keys: np.ndarray, control_keys: np.ndarray) -
 
 
 def run_slice(slice_: Slice, recipe: presets.Recipe, config: train.RunConfig, data: train.DeviceData,
-              grid: int, seed: int, points_at_once: int | None, reason: str = "") -> dict:
-    """Train every point of the slice, `points_at_once` members per compiled group (None: what fits)."""
+              grid: int, seed: int, compiled: train.Programs, at_once: int) -> dict:
+    """Train every point of the slice through `compiled` (group.compile_group for `at_once` members),
+    `at_once` points per chunk."""
     o = recipe.optimiser
     y_default = o.weight_decay if slice_.name == "lr_wd" else o.momentum
     steps = offsets(grid)
     points = [(i, j) for j in steps for i in steps]
     hypers = [slice_.hyper_of(recipe, 2.0 ** i, slice_.y_of(y_default, j)) for i, j in points]
-    programs = train.build_programs(config, data)
-    per_member = None
-    if points_at_once is None:
-        per_member = group.member_bytes(programs, data)
-        points_at_once = group.members_that_fit(per_member, group.available_bytes())
-        why = f"as many as fit: about {per_member / 2**20:.0f} MiB each"
-    else:
-        why = reason
-    at_once = min(len(points), points_at_once)
     chunks = math.ceil(len(points) / at_once)
-    common.progress(f"{slice_.name}: {len(points)} points, {at_once} at once ({why}) in {chunks} chunk(s)")
-    compiled, compile_seconds = group.compile_group(programs, data, [seed] * at_once, hypers[:at_once])
+    common.progress(f"{slice_.name}: {len(points)} points, {at_once} at once in {chunks} chunk(s)")
     records: list[dict] = []
     start = time.perf_counter()
     for chunk in range(chunks):
@@ -149,8 +141,7 @@ def run_slice(slice_: Slice, recipe: presets.Recipe, config: train.RunConfig, da
                     "final_accuracy": r["final_accuracy"],
                     "accuracy_by_epoch": [m["test_accuracy"] for m in r["epochs"]]}
                    for (i, j), r in zip(points, records)],
-        "points_at_once": at_once, "chunks": chunks, "member_bytes": per_member,
-        "compile_seconds": compile_seconds, "train_seconds": seconds,
+        "points_at_once": at_once, "chunks": chunks, "train_seconds": seconds,
         "flatness": flatness(accuracy, keys, control),
     }
 
@@ -237,33 +228,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> list[str]:
-    import jax
-
     chosen = common.settings(args, SCALES, jax.default_backend())
     for key in ("grid", "batch_size"):
         if getattr(args, key) is not None:
             chosen[key] = getattr(args, key)
     chosen.update(scale=args.scale, points_at_once=args.points_at_once)
-    recipe = presets.get_preset(PRESET).with_epochs(chosen["epochs"]).replace(
-        **{"data.batch_size": chosen["batch_size"]})
-    config = train.RunConfig(recipe, chosen["precision"], chosen["width_mult"])
-    dataset = common.load_dataset(args, recipe.batch_size)
-    data = common.upload(dataset, recipe, chosen["precision"])
-    title = (f"{recipe.name}, {recipe.epochs} epochs, batch {recipe.batch_size}, width x{chosen['width_mult']}, "
-             f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images; "
-             f"{common.environment_line(chosen)}")
+    recipe, config, dataset, data, title = common.post4_setup(args, chosen, PRESET)
     print(f"{NAME}: {title}")
-    reason = "--points-at-once"
-    if chosen["points_at_once"] is None and jax.default_backend() == "cpu":
-        chosen["points_at_once"], reason = CPU_POINTS_AT_ONCE, "one at a time on a CPU"
-    slices = {s.name: run_slice(s, recipe, config, data, chosen["grid"], args.seed, chosen["points_at_once"], reason)
-              for s in SLICES if s.name in args.slices}
-    payload = {"settings": {**chosen, "preset": PRESET, "data": args.data, "data_checksum": dataset.checksum,
-                            "train_images": len(dataset.train_images), "test_images": len(dataset.test_images)},
-               "environment": report.environment(), "recipe": recipe.to_dict(), "slices": slices}
+    compiled, grouping = compile_group(config, data, chosen, args.seed)
+    slices = {s.name: run_slice(s, recipe, config, data, chosen["grid"], args.seed, compiled,
+                                grouping["points_at_once"]) for s in SLICES if s.name in args.slices}
+    payload = {"settings": common.settings_record(chosen, PRESET, args, dataset),
+               "environment": report.environment(), "recipe": recipe.to_dict(), "group": grouping, "slices": slices}
     text = summary(slices, chosen, title)
     print(text)
     return common.write_outputs(args.out, NAME, figure(slices, title), payload, text)
+
+
+def compile_group(config: train.RunConfig, data: train.DeviceData, chosen: dict,
+                  seed: int) -> tuple[train.Programs, dict]:
+    """One compiled group for every chunk of every slice (the hyperparameters are traced), of
+    --points-at-once members, one on a CPU, else as many as fit in memory; and how it was chosen."""
+    programs = train.build_programs(config, data)
+    points, member_bytes = chosen["grid"] ** 2, None
+    if chosen["points_at_once"] is not None:
+        at_once, why = chosen["points_at_once"], "--points-at-once"
+    elif jax.default_backend() == "cpu":
+        at_once, why = CPU_POINTS_AT_ONCE, "one at a time on a CPU"
+    else:
+        member_bytes = group.member_bytes(programs, data)
+        at_once = group.members_that_fit(member_bytes, group.available_bytes())
+        why = f"as many as fit: about {member_bytes / 2**20:.0f} MiB each"
+    at_once = min(points, at_once)
+    compiled, seconds = group.compile_group(programs, data, [seed] * at_once, [programs.hyper] * at_once)
+    common.progress(f"compiled a group of {at_once} ({why}) in {seconds:.1f} s")
+    return compiled, {"points_at_once": at_once, "why": why, "member_bytes": member_bytes, "compile_seconds": seconds}
 
 
 def slice_names(text: str) -> list[str]:

@@ -124,14 +124,11 @@ def train_and_measure(config: train.RunConfig, data: train.DeviceData, seed: int
     state = programs.init(jax.random.key(seed), data.train_padded, programs.hyper)
     names = list(conv_kernels(state.params))
     initial_norms = [float(jnp.linalg.norm(k)) for k in conv_kernels(state.params).values()]
-    statistics, lrs, epochs = [], [], []
+    statistics, epochs = [], []
     start = time.perf_counter()
     for epoch in range(1, recipe.epochs + 1):
         batches = programs.epoch_batches(state.rng, jnp.int32(epoch))
-        for index in range(programs.steps_per_epoch):
-            # Page's form reads lr(t + 1) at step t (optim.nesterov_sgd); torch's reads lr(t).
-            step = (epoch - 1) * programs.steps_per_epoch + index + (recipe.optimiser.update == "page")
-            lrs.append(float(programs.schedule(step)))
+        for _ in range(programs.steps_per_epoch):
             state, stats = measured_step(state, data.train_padded, data.train_labels, batches)
             statistics.append(stats)
         sums = np.asarray(programs.evaluate(train.eval_variables(state), data.test_images, data.test_labels))
@@ -140,6 +137,9 @@ def train_and_measure(config: train.RunConfig, data: train.DeviceData, seed: int
         common.progress(f"epoch {epoch}/{recipe.epochs}: test accuracy {epochs[-1]['test_accuracy']:.4f} "
                         f"({epochs[-1]['seconds']:.0f} s)")
     statistics = np.asarray(jax.device_get(jnp.stack(statistics)))  # (steps, layers, 2)
+    # Page's form reads lr(t + 1) at step t (optim.nesterov_sgd); torch's reads lr(t).
+    steps = jnp.arange(len(statistics)) + (recipe.optimiser.update == "page")
+    lrs = np.asarray(programs.schedule(steps)).tolist()
     images, labels = batch_for_check(data, programs, state)
     net = model.for_recipe(recipe, config.width_mult, train.PRECISIONS[config.precision])
     return {"layers": names, "initial_norms": initial_norms, "lr": lrs,
@@ -249,19 +249,11 @@ def run(args: argparse.Namespace) -> list[str]:
     if args.batch_size is not None:
         chosen["batch_size"] = args.batch_size
     chosen["scale"] = args.scale
-    recipe = presets.get_preset(PRESET).with_epochs(chosen["epochs"]).replace(
-        **{"data.batch_size": chosen["batch_size"]})
-    config = train.RunConfig(recipe, chosen["precision"], chosen["width_mult"])
-    dataset = common.load_dataset(args, recipe.batch_size)
-    data = common.upload(dataset, recipe, chosen["precision"])
-    title = (f"{recipe.name}, {recipe.epochs} epochs, batch {recipe.batch_size}, width x{chosen['width_mult']}, "
-             f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images; "
-             f"{common.environment_line(chosen)}")
+    recipe, config, dataset, data, title = common.post4_setup(args, chosen, PRESET)
     print(f"{NAME}: {title}")
     result = train_and_measure(config, data, args.seed)
     result["measured_over_predicted"] = measured_against_predicted(result, recipe)
-    payload = {"settings": {**chosen, "preset": PRESET, "data": args.data, "data_checksum": dataset.checksum,
-                            "train_images": len(dataset.train_images), "test_images": len(dataset.test_images)},
+    payload = {"settings": common.settings_record(chosen, PRESET, args, dataset),
                "environment": report.environment(), "recipe": recipe.to_dict(), **result}
     text = summary(result, recipe, title, args.scale)
     print(text)
