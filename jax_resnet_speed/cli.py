@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from jax_resnet_speed import presets
+from jax_resnet_speed import compilation, presets
 
 EXIT_DATA_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
 
@@ -36,6 +36,37 @@ def add_run_arguments(parser: argparse.ArgumentParser, preset: bool = True) -> N
     parser.add_argument("--width-mult", type=float, default=1.0, help="scale every channel width (smoke tests)")
 
 
+def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the programs are compiled and dispatched: the trainer, bench and series share these."""
+    defaults = ", ".join(f"{loop} on {backend.upper()}" for backend, loop in compilation.DEFAULT_LOOPS.items())
+    parser.add_argument("--loop", choices=compilation.LOOPS,
+                        help="step: one dispatch of the compiled train step per step; epoch: each epoch's steps "
+                             f"in one compiled program (default: the faster one measured, {defaults})")
+    parser.add_argument("--compile-cache", metavar="DIR", default=str(compilation.default_compile_cache()),
+                        help="persistent compilation cache: a second run of the same program loads it instead of "
+                             "compiling (and, on a GPU, autotuning)")
+    parser.add_argument("--no-compile-cache", action="store_true", help="compile everything afresh")
+    parser.add_argument("--xla-preset", choices=sorted(compilation.XLA_PRESETS), default="default",
+                        help="XLA options added to XLA_FLAGS (jax_resnet_speed/compilation.py lists them)")
+
+
+def configure_compilation(args: argparse.Namespace) -> None:
+    """Apply --xla-preset, --xla-dump and the compilation cache; call before the first JAX computation."""
+    compilation.apply_xla_preset(args.xla_preset)
+    if getattr(args, "xla_dump", None):
+        # Read when XLA initialises, so it must be set before the first JAX computation.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_dump_to={args.xla_dump} --xla_dump_hlo_as_text").strip()
+        args.no_compile_cache = True  # a program loaded from the cache is not compiled, so it would not be dumped
+    compilation.enable_cache(None if args.no_compile_cache else args.compile_cache)
+
+
+def compilation_section(args: argparse.Namespace) -> dict:
+    """The `compilation` section of the JSON; prepare_runs adds whether the compile was cold or warm."""
+    return {"cache": None, "cache_dir": None if args.no_compile_cache else args.compile_cache,
+            "xla_preset": args.xla_preset, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the data comes from and how much of it: shared by the trainer and the experiments."""
     parser.add_argument("--data", metavar="PATH",
@@ -53,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a ResNet-9 on CIFAR-10 with a Myrtle AI recipe and time it to the target accuracy.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_run_arguments(parser)
+    add_compile_arguments(parser)
     parser.add_argument("--parallel", type=int, default=1, metavar="K",
                         help="train K of the --runs together in one vmapped program (group.py); seeds as without")
     parser.add_argument("--json", metavar="PATH", help="write the machine-readable result here")
@@ -75,7 +107,8 @@ def resolve_config(args: argparse.Namespace, backend: str, preset: str | None = 
                  if v is not None}
     recipe = recipe.replace(**overrides)
     precision = args.precision or ("fp32" if backend == "cpu" else "bf16")
-    return RunConfig(recipe=recipe, precision=precision, width_mult=args.width_mult)
+    loop = getattr(args, "loop", None) or compilation.DEFAULT_LOOPS.get(backend, "step")
+    return RunConfig(recipe=recipe, precision=precision, width_mult=args.width_mult, loop=loop)
 
 
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser, preset: str | None = None) -> None:
@@ -235,7 +268,7 @@ def train_from_args(args: argparse.Namespace) -> int:
     config = resolve_config(args, jax.default_backend())
     recipe = config.recipe
     payload: dict = {"config": None, "environment": report.environment(), "compile_seconds": None,
-                     "runs": [], "summary": None}
+                     "compilation": compilation_section(args), "runs": [], "summary": None}
     try:
         dataset, payload["config"] = load_run_data(args, config)
     except data.DataError as error:
@@ -263,17 +296,21 @@ def train_from_args(args: argparse.Namespace) -> int:
 def prepare_runs(config, dataset, seed: int, payload: dict, profile: str | None = None) -> RunOne:
     """Put the dataset on the device, build and compile the programs of `config` once.
 
-    Sets payload["compile_seconds"] and returns the function that makes one timed run
-    (train.run). `seed` is the warm-up's; `profile`: a folder for a trace of one epoch.
+    Sets payload["compile_seconds"] and payload["compilation"]["cache"] (cold, warm or off) and
+    returns the function that makes one timed run (train.run). `seed` is the warm-up's;
+    `profile`: a folder for a trace of one epoch.
     """
     from jax_resnet_speed import train
 
     device_data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
                                       dataset.test_labels, dataset.mean, dataset.std, config.recipe,
                                       train.PRECISIONS[config.precision])
-    programs, payload["compile_seconds"] = train.compile_programs(
-        train.build_programs(config, device_data), device_data, seed)
-    print(f"compiled and warmed up in {payload['compile_seconds']:.1f} s (not timed)")
+    with compilation.CacheCounter() as cache:
+        programs, payload["compile_seconds"] = train.compile_programs(
+            train.build_programs(config, device_data), device_data, seed)
+    payload.setdefault("compilation", {})["cache"] = cache.state
+    print(f"compiled ({config.loop} loop, {cache.state} cache) and warmed up in {payload['compile_seconds']:.1f} s "
+          "(not timed)")
     if profile:
         train.profile_epoch(programs, device_data, seed, profile)
         print(f"wrote a profile of one epoch to {profile}")
@@ -302,8 +339,12 @@ def prepare_group(config, dataset, size: int, seed: int, payload: dict) -> RunGr
                             f"dataset and {available / 2**30:.1f} GiB are free; the largest group that fits is "
                             f"--parallel {fits}")
     seeds = list(range(seed, seed + size))
-    compiled, payload["compile_seconds"] = group.compile_group(programs, device_data, seeds, [programs.hyper] * size)
-    print(f"compiled a group of {size} and warmed it up in {payload['compile_seconds']:.1f} s (not timed; "
+    with compilation.CacheCounter() as cache:
+        compiled, payload["compile_seconds"] = group.compile_group(programs, device_data, seeds,
+                                                                   [programs.hyper] * size)
+    payload.setdefault("compilation", {})["cache"] = cache.state
+    print(f"compiled a group of {size} ({cache.state} cache) and warmed it up in {payload['compile_seconds']:.1f} s "
+          "(not timed; "
           f"about {per_run / 2**20:.0f} MiB per run, {fits} would fit)")
 
     def run_group(seeds, records, after_epoch):
@@ -329,10 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         list_presets()
         return 0
     validate(args, parser)
-    if args.xla_dump:
-        # Read when XLA initialises, so it must be set before the first JAX computation.
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_dump_to={args.xla_dump} --xla_dump_hlo_as_text").strip()
+    configure_compilation(args)
     return train_from_args(args)
 
 

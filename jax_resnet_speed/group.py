@@ -38,6 +38,7 @@ def vmapped(programs: train.Programs) -> train.Programs:
         init=jax.jit(jax.vmap(programs.init, in_axes=(0, None, 0))),
         epoch_batches=jax.jit(jax.vmap(programs.epoch_batches, in_axes=(0, None))),
         train_step=jax.jit(jax.vmap(programs.train_step, in_axes=(0, None, None, 0)), donate_argnums=0),
+        train_steps=jax.jit(jax.vmap(programs.train_steps, in_axes=(0, None, None, 0)), donate_argnums=0),
         evaluate=jax.jit(jax.vmap(programs.evaluate, in_axes=(0, None, None))))
 
 

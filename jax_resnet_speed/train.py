@@ -32,9 +32,11 @@ class RunConfig:
     recipe: Recipe
     precision: str = "bf16"
     width_mult: float = 1.0
+    loop: str = "step"  # one of compilation.LOOPS
 
     def to_dict(self) -> dict:
-        return {"recipe": self.recipe.to_dict(), "precision": self.precision, "width_mult": self.width_mult}
+        return {"recipe": self.recipe.to_dict(), "precision": self.precision, "width_mult": self.width_mult,
+                "loop": self.loop}
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -95,10 +97,12 @@ class Programs:
     init: Callable[[jax.Array, jax.Array, optim.Hyper], TrainState]
     epoch_batches: Callable[[jax.Array, jax.Array], jax.Array]
     train_step: Callable[[TrainState, jax.Array, jax.Array, jax.Array], TrainState]
+    train_steps: Callable[[TrainState, jax.Array, jax.Array, jax.Array], TrainState]  # a whole epoch of train_step
     evaluate: Callable[[Any, jax.Array, jax.Array], jax.Array]
     schedule: optax.Schedule
     steps_per_epoch: int
     hyper: optim.Hyper  # the recipe's own
+    loop: str = "step"  # which of train_step and train_steps train_epoch calls
 
 
 def build_programs(config: RunConfig, data: DeviceData) -> Programs:
@@ -161,6 +165,9 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
         totals = state.totals + jnp.stack([losses.sum(), correct, y.size]).astype(jnp.float32)
         return new.replace(step=state.step + 1, totals=totals)
 
+    def train_steps(state: TrainState, images, labels, batches) -> TrainState:
+        return jax.lax.fori_loop(0, steps_per_epoch, lambda _, s: train_step(s, images, labels, batches), state)
+
     def evaluate(variables, images, labels):
         """[correct, correct with flip TTA, loss sum, examples] over the padded test set."""
         def one_batch(batch):
@@ -175,8 +182,10 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
         return jax.lax.map(one_batch, (images, labels)).sum(axis=0)
 
     return Programs(init=jax.jit(init), epoch_batches=jax.jit(epoch_batches),
-                    train_step=jax.jit(train_step, donate_argnums=0), evaluate=jax.jit(evaluate),
-                    schedule=schedule, steps_per_epoch=steps_per_epoch, hyper=optim.Hyper.of(recipe))
+                    train_step=jax.jit(train_step, donate_argnums=0),
+                    train_steps=jax.jit(train_steps, donate_argnums=0), evaluate=jax.jit(evaluate),
+                    schedule=schedule, steps_per_epoch=steps_per_epoch, hyper=optim.Hyper.of(recipe),
+                    loop=config.loop)
 
 
 def logits_with_tta(apply: Callable[[jax.Array], jax.Array], images: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -193,7 +202,7 @@ def eval_variables(state: TrainState) -> dict:
 
 def compile_programs(programs: Programs, data: DeviceData, seed: int,
                      key: jax.Array | None = None, hyper: optim.Hyper | None = None) -> tuple[Programs, float]:
-    """Compile (and autotune) every program ahead of time, then warm each up once.
+    """Compile (and autotune) every program the loop needs ahead of time, then warm each up once.
 
     Returns the compiled programs and the seconds spent, which stay off the training clock.
     `key` and `hyper` (default: the key of `seed`, the recipe's hyperparameters) are the init's
@@ -206,18 +215,22 @@ def compile_programs(programs: Programs, data: DeviceData, seed: int,
     state = init(key, data.train_padded, hyper)
     epoch_batches = programs.epoch_batches.lower(state.rng, jnp.int32(0)).compile()
     batches = epoch_batches(state.rng, jnp.int32(0))
-    train_step = programs.train_step.lower(state, data.train_padded, data.train_labels, batches).compile()
+    name = "train_step" if programs.loop == "step" else "train_steps"
+    train = getattr(programs, name).lower(state, data.train_padded, data.train_labels, batches).compile()
     evaluate = programs.evaluate.lower(eval_variables(state), data.test_images, data.test_labels).compile()
-    # A throw-away step and evaluation: first executions allocate and load kernels.
-    state = train_step(state, data.train_padded, data.train_labels, batches)
+    # A throw-away step (or epoch) and evaluation: first executions allocate and load kernels.
+    state = train(state, data.train_padded, data.train_labels, batches)
     jax.block_until_ready(evaluate(eval_variables(state), data.test_images, data.test_labels))
-    compiled = dataclasses.replace(programs, init=init, epoch_batches=epoch_batches, train_step=train_step,
-                                   evaluate=evaluate)
+    compiled = dataclasses.replace(programs, init=init, epoch_batches=epoch_batches, evaluate=evaluate,
+                                   **{name: train})
     return compiled, time.perf_counter() - start
 
 
 def train_epoch(programs: Programs, data: DeviceData, state: TrainState, epoch: int) -> TrainState:
+    """Every step of one epoch, dispatched as programs.loop says. Returns without waiting for the device."""
     batches = programs.epoch_batches(state.rng, jnp.int32(epoch))
+    if programs.loop == "epoch":
+        return programs.train_steps(state, data.train_padded, data.train_labels, batches)
     for _ in range(programs.steps_per_epoch):
         state = programs.train_step(state, data.train_padded, data.train_labels, batches)
     return state

@@ -1,5 +1,20 @@
+import os
+
 import numpy as np
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache_in_a_temporary_folder(tmp_path_factory):
+    """The compilation cache (and any default dataset cache) of the whole session in one temporary
+    folder, subprocesses included: programs compiled by one test load warm in the next."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if previous is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
 
 
 def make_learnable(n: int, seed: int, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:

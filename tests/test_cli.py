@@ -20,7 +20,7 @@ def test_help_explains_every_option():
     assert result.returncode == 0
     for flag in ("--preset", "--list-presets", "--data", "--epochs", "--batch-size", "--precision", "--seed",
                  "--runs", "--target", "--json", "--train-subset", "--test-subset", "--width-mult",
-                 "--xla-dump", "--profile"):
+                 "--xla-dump", "--profile", "--loop", "--compile-cache", "--no-compile-cache", "--xla-preset"):
         assert flag in result.stdout
 
 
@@ -69,7 +69,8 @@ def test_end_to_end_writes_the_table_and_json(tiny_npz, tmp_path):
     assert "epoch       lr  train loss" in result.stdout
     assert "2 runs: accuracy" in result.stdout
     payload = json.loads(out.read_text())
-    assert set(payload) == {"config", "environment", "compile_seconds", "runs", "summary"}
+    assert set(payload) == {"config", "environment", "compile_seconds", "compilation", "runs", "summary"}
+    assert payload["compilation"]["cache"] in ("cold", "warm") and payload["config"]["loop"] == "step"
     config, recipe = payload["config"], payload["config"]["recipe"]
     assert recipe["name"] == "myrtle-resnet9" and recipe["optimiser"]["epochs"] == 2
     assert recipe["data"]["batch_size"] == 128 and recipe["network"]["widths"] == [64, 128, 256, 512]
@@ -87,6 +88,17 @@ def test_end_to_end_writes_the_table_and_json(tiny_npz, tmp_path):
     assert summary["runs_reaching_target"] == len(reached)
     assert summary["mean_accuracy"] == pytest.approx(np.mean([r["final_accuracy"] for r in payload["runs"]]))
     assert {"mean_accuracy", "std_accuracy", "runs_reaching_target", "median_seconds_to_target"} <= set(summary)
+
+
+def test_a_second_run_of_the_same_command_loads_its_programs_from_the_compilation_cache(tiny_npz, tmp_path):
+    command = ("--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "1", "--train-subset", "256",
+               "--test-subset", "100", "--compile-cache", str(tmp_path / "xla"), *TINY)
+    first, second = run_cli(*command), run_cli(*command)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "(step loop, cold cache)" in first.stdout and "(step loop, warm cache)" in second.stdout
+    assert list((tmp_path / "xla").iterdir())
+    off = run_cli(*command, "--no-compile-cache")
+    assert "(step loop, no cache)" in off.stdout
 
 
 def test_divergence_exits_non_zero_and_keeps_the_json(tiny_npz, tmp_path, monkeypatch, capsys):

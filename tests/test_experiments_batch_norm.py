@@ -48,7 +48,7 @@ def test_he_initialised_scales_the_conv_kernels_only():
     state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, constants={},
                              opt_state=None, hyper=None, ema=None, loss_scale=None, totals=jnp.zeros(3),
                              rng=jax.random.key(0))
-    programs = train.Programs(init=lambda key, images, hyper: state, epoch_batches=None, train_step=None,
+    programs = train.Programs(init=lambda key, images, hyper: state, epoch_batches=None, train_step=None, train_steps=None,
                               evaluate=None, schedule=None, steps_per_epoch=1, hyper=None)
     scaled = batch_norm.he_initialised(programs).init(jax.random.key(0), None, None).params
     assert float(scaled["prep"]["Conv_0"]["kernel"][0, 0, 0, 0]) == pytest.approx(math.sqrt(6))

@@ -3,14 +3,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_resnet_speed import model, presets, report, train
+from jax_resnet_speed import compilation, model, presets, report, train
 
 MEAN, STD = np.array([0.5, 0.5, 0.5]), np.array([0.25, 0.25, 0.25])
 
 
-def tiny(preset, epochs=3, precision="fp32", **changes):
+def tiny(preset, epochs=3, precision="fp32", loop="step", **changes):
     recipe = presets.get_preset(preset).with_epochs(epochs).replace(**{"data.batch_size": 128, **changes})
-    return train.RunConfig(recipe, precision=precision, width_mult=0.125)
+    return train.RunConfig(recipe, precision=precision, width_mult=0.125, loop=loop)
 
 
 def compiled(config, learnable_data):
@@ -77,6 +77,21 @@ def test_same_seed_gives_the_same_metrics(learnable_data):
     assert metrics(6) != first
 
 
+def test_step_and_epoch_loops_give_the_same_metrics(learnable_data):
+    def metrics(loop):
+        config = tiny("myrtle-final", epochs=2, loop=loop)
+        programs, data = compiled(config, learnable_data)
+        record = train.run(programs, data, config, seed=3, on_epoch=lambda m: None, record={})
+        return [{k: v for k, v in m.items() if "seconds" not in k} for m in record["epochs"]]
+
+    by_step, by_epoch = metrics("step"), metrics("epoch")
+    assert len(by_epoch) == 2
+    for step_row, epoch_row in zip(by_step, by_epoch, strict=True):
+        assert step_row.keys() == epoch_row.keys()
+        for key in step_row:  # the same computation; XLA may fuse the loop body differently
+            assert epoch_row[key] == pytest.approx(step_row[key], rel=1e-4, abs=2 / 300), key
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_trains_with_finite_loss(precision, learnable_data):
     config = tiny("myrtle-final", epochs=1, precision=precision)
@@ -86,8 +101,9 @@ def test_reduced_precision_trains_with_finite_loss(precision, learnable_data):
     assert data.train_padded.dtype == train.PRECISIONS[precision]
 
 
-def test_diverging_loss_stops_the_run(learnable_data):
-    config = tiny("myrtle-resnet9", epochs=2, **{"optimiser.lr_knots": ((0, 1e6), (2, 1e6))})
+@pytest.mark.parametrize("loop", compilation.LOOPS)
+def test_diverging_loss_stops_the_run(loop, learnable_data):
+    config = tiny("myrtle-resnet9", epochs=2, loop=loop, **{"optimiser.lr_knots": ((0, 1e6), (2, 1e6))})
     programs, data = compiled(config, learnable_data)
     record = {}
     with pytest.raises(report.Diverged):

@@ -1,0 +1,302 @@
+"""How fast one train step runs, and how close that is to the device's limit.
+
+    python -m jax_resnet_speed.bench --preset myrtle-final [--framework torch] [--json bench.json]
+
+For each loop mode (a Python loop over the compiled step, or the whole epoch as one program) it
+times chunks of --steps steps on synthetic images, synchronising the device at the end of each
+chunk, and reports the median and spread of the step time over --repeats chunks, images per
+second, FLOPs per step (XLA's cost analysis, and the model FLOPs of the convolutions and matrix
+products, which torch.utils.flop_counter also counts), achieved TFLOP/s and utilisation against
+the device's datasheet peak and against a matrix product measured in the same run, bytes
+accessed per step with the implied bandwidth, and compile seconds with the persistent
+cache cold and warm. CPU numbers are labelled as such: they say nothing about a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from jax_resnet_speed import cli, compilation, presets, report
+
+MATMUL_SIZE = {"cpu": 1024, "gpu": 8192}  # large enough to reach the device's matmul rate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jax_resnet_speed.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default=presets.DEFAULT_PRESET, choices=sorted(presets.PRESETS))
+    parser.add_argument("--framework", choices=("jax", "torch"), default="jax",
+                        help="jax: this trainer's step; torch: the PyTorch reference's (torch_reference.py)")
+    parser.add_argument("--compile", action="store_true", help="with --framework torch: torch.compile the network")
+    parser.add_argument("--width-mult", type=float, default=1.0, help="scale every channel width")
+    parser.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
+    parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"),
+                        help="compute precision (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed chunk (one 'epoch' of the bench)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed chunks per loop mode, after one warm-up chunk")
+    parser.add_argument("--loops", default="step,epoch", metavar="MODES",
+                        help="loop modes to time, comma-separated (jax only): step, epoch")
+    parser.add_argument("--cold-compile", action="store_true",
+                        help="compile into an empty temporary cache, so the first compile is cold for sure")
+    parser.add_argument("--json", metavar="PATH", help="write the measurements here")
+    cli.add_compile_arguments(parser)
+    return parser
+
+
+def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """Exit 2 on flags that make no sense; returns the loop modes."""
+    for name in ("steps", "repeats", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.width_mult <= 0:
+        parser.error(f"--width-mult must be positive, got {args.width_mult}")
+    loops = [mode.strip() for mode in args.loops.split(",") if mode.strip()]
+    unknown = [mode for mode in loops if mode not in compilation.LOOPS]
+    if unknown or not loops:
+        parser.error(f"--loops takes {' and/or '.join(compilation.LOOPS)}, got {args.loops!r}")
+    recipe = presets.get_preset(args.preset)
+    splits = recipe.network.ghost_bn_splits
+    if (args.batch_size or recipe.batch_size) % splits:
+        parser.error(f"--batch-size {args.batch_size} is not divisible by the {splits} ghost batch-norm splits of "
+                     f"{recipe.name}; use a multiple of {splits}")
+    if args.compile and args.framework != "torch":
+        parser.error("--compile is torch.compile: use it with --framework torch")
+    return loops
+
+
+def synthetic_dataset(train_count: int, test_count: int = 100):
+    """Random CIFAR-shaped images: a step's cost does not depend on the pixels."""
+    from jax_resnet_speed import data
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (train_count + test_count, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, train_count + test_count).astype(np.int32)
+    return data.Dataset(train_images=images[:train_count], train_labels=labels[:train_count],
+                        test_images=images[train_count:], test_labels=labels[train_count:],
+                        class_names=data.CIFAR10_CLASSES, mean=images.mean((0, 1, 2)) / 255,
+                        std=images.std((0, 1, 2)) / 255, source_kind="synthetic", checksum="synthetic")
+
+
+def spread(seconds: Sequence[float], steps: int) -> dict:
+    """Per-step statistics of chunks of `steps` steps."""
+    per_step = sorted(s / steps for s in seconds)
+    quartiles = statistics.quantiles(per_step, n=4) if len(per_step) > 1 else [per_step[0]] * 3
+    return {"median_step_seconds": statistics.median(per_step), "min_step_seconds": per_step[0],
+            "max_step_seconds": per_step[-1], "iqr_step_seconds": quartiles[2] - quartiles[0],
+            "chunk_seconds": list(seconds)}
+
+
+def rates(timing: dict, batch_size: int, xla_flops: float | None, model_flops: float | None,
+          bytes_accessed: float | None, peak_tflops: float | None, matmul_tflops: float | None) -> dict:
+    """Throughput and utilisation of the median step."""
+    step = timing["median_step_seconds"]
+
+    def ratio(numerator, denominator):
+        return numerator / denominator if numerator is not None and denominator else None
+
+    model_tflops = ratio(model_flops, step * 1e12)
+    return {"images_per_second": batch_size / step, "model_tflops": model_tflops,
+            "xla_tflops": ratio(xla_flops, step * 1e12),
+            "mfu_peak": ratio(model_tflops, peak_tflops), "mfu_matmul": ratio(model_tflops, matmul_tflops),
+            "bandwidth_gb_per_s": ratio(bytes_accessed, step * 1e9)}
+
+
+def time_chunks(run_chunk: Callable[[], None], repeats: int) -> list[float]:
+    """Seconds of each of `repeats` chunks, after one untimed chunk; run_chunk waits for the device."""
+    run_chunk()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_chunk()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def bench_jax(args: argparse.Namespace, loops: Sequence[str]) -> dict:
+    """Compile and time the trainer's step in each loop mode; FLOPs and bytes from the single step."""
+    import jax
+    import jax.numpy as jnp
+
+    from jax_resnet_speed import flops, train
+
+    backend = jax.default_backend()
+    config = cli.resolve_config(args, backend)
+    dataset = synthetic_dataset(args.steps * config.recipe.batch_size)  # one bench "epoch" is --steps steps
+    dtype = train.PRECISIONS[config.precision]
+    data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
+                               dataset.test_labels, dataset.mean, dataset.std, config.recipe, dtype)
+    result: dict = {"loops": {}, "compile": {}}
+    step_compiled = None
+    for loop in loops:
+        programs = train.build_programs(dataclasses.replace(config, loop=loop), data)
+        result["compile"][loop] = []
+        for _ in range(2 if jax.config.jax_enable_compilation_cache else 1):
+            jax.clear_caches()  # the second compile must come from the persistent cache, not from memory
+            with compilation.CacheCounter() as cache:
+                compiled, seconds = train.compile_programs(programs, data, seed=0)
+            result["compile"][loop].append({"seconds": seconds, "cache": cache.state})
+        state = compiled.init(jax.random.key(0), data.train_padded, compiled.hyper)
+
+        def run_chunk():
+            nonlocal state
+            state = jax.block_until_ready(train.train_epoch(compiled, data, state, epoch=1))
+
+        result["loops"][loop] = spread(time_chunks(run_chunk, args.repeats), args.steps)
+        if loop == "step":
+            step_compiled = compiled.train_step
+    # The epoch program's cost analysis counts its loop body once: count the single step's.
+    programs = train.build_programs(config, data)
+    state = jax.eval_shape(programs.init, jax.random.key(0), data.train_padded, programs.hyper)
+    step_args = (state, data.train_padded, data.train_labels, jax.ShapeDtypeStruct((args.steps, config.recipe.batch_size), jnp.int32))
+    step_compiled = step_compiled or programs.train_step.lower(*step_args).compile()
+    result["xla_flops_per_step"], result["bytes_per_step"] = flops.xla_cost(step_compiled)
+    result["model_flops_per_step"] = flops.model_flops(programs.train_step, *step_args)
+    size = MATMUL_SIZE.get(backend, 1024)
+    result["matmul"] = {"size": size, "dtype": config.precision, "tflops": flops.measured_matmul_tflops(dtype, size)}
+    result["config"] = config.to_dict()
+    return result
+
+
+def bench_torch(args: argparse.Namespace) -> dict:
+    """The PyTorch reference's step (augmentation included, as in JAX), timed in chunks; FLOPs from
+    torch.utils.flop_counter over one step."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from jax_resnet_speed import torch_reference
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotune in the warm-up, as XLA does at compile
+    config = dataclasses.replace(cli.resolve_config(args, "cpu" if device.type == "cpu" else "gpu"), loop="step")
+    recipe = config.recipe
+    dataset = synthetic_dataset(args.steps * recipe.batch_size)
+    device_data = torch_reference.put_on_device(dataset, recipe, torch_reference.DTYPES[config.precision], device,
+                                                torch.channels_last)
+    trainer = torch_reference.Trainer(config, device, torch_reference.whitening_filters(dataset, recipe),
+                                      args.steps, compile_model=args.compile)
+    compile_seconds = torch_reference.warm_up(trainer, device_data, seed=0)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        trainer.train_epoch(device_data, steps=1)
+    trainer.reset(0)
+
+    def run_chunk():
+        trainer.train_epoch(device_data)
+        trainer.synchronize()
+
+    timing = spread(time_chunks(run_chunk, args.repeats), args.steps)
+    size = MATMUL_SIZE[device.type if device.type == "cpu" else "gpu"]
+    a, b = (torch.randn(size, size, device=device).to(torch_reference.DTYPES[config.precision]) for _ in range(2))
+
+    def matmul():
+        a @ b
+        trainer.synchronize()
+
+    matmul_seconds = statistics.median(time_chunks(matmul, 5))
+    return {"loops": {"step": timing}, "compile": {"step": [{"seconds": compile_seconds, "cache": "no"}]},
+            "xla_flops_per_step": None, "bytes_per_step": None, "model_flops_per_step": counter.get_total_flops(),
+            "matmul": {"size": size, "dtype": config.precision, "tflops": 2 * size ** 3 / matmul_seconds / 1e12},
+            "config": config.to_dict()}
+
+
+def environment(framework: str, compiled: bool) -> dict:
+    if framework == "torch":
+        import torch
+
+        from jax_resnet_speed import torch_reference
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch_reference.environment(device, compiled)
+    return report.environment()
+
+
+def format_table(payload: dict) -> str:
+    """The human-readable result."""
+    env, result = payload["environment"], payload["result"]
+    config = result["config"]
+    peak = payload["peak"]
+    lines = [f"{config['recipe']['name']}, {payload['framework']}, {config['precision']}, width x{config['width_mult']}, "
+             f"batch {config['recipe']['data']['batch_size']}, {payload['steps']} steps x {payload['repeats']} chunks",
+             f"device: {env['device_kind']} ({env['backend']})" +
+             ("; CPU numbers: they say nothing about a GPU" if env["backend"] == "cpu" else "")]
+    for loop, compiles in result["compile"].items():
+        text = ", then ".join(f"{c['seconds']:.1f} s ({c['cache']} cache)" for c in compiles)
+        lines.append(f"compile and warm-up, {loop} loop: {text}")
+    peak_text = (f"{payload['peak_tflops']:.0f} TFLOP/s {config['precision']} ({peak['source']})"
+                 if payload["peak_tflops"] else "none known for this device and precision")
+    lines.append(f"peak: {peak_text}")
+    if result["matmul"]:
+        m = result["matmul"]
+        lines.append(f"measured {m['size']}x{m['size']} {m['dtype']} matmul: {m['tflops']:.3f} TFLOP/s")
+
+    def giga(value):
+        return "n/a" if value is None else f"{value / 1e9:.2f}"
+
+    lines.append(f"per step: {giga(result['model_flops_per_step'])} GFLOP model (convolutions and matmuls), "
+                 f"{giga(result['xla_flops_per_step'])} GFLOP XLA cost analysis, "
+                 f"{giga(result['bytes_per_step'])} GB accessed")
+    header = ("loop", "step ms", "IQR ms", "min ms", "max ms", "images/s", "TFLOP/s", "MFU peak", "MFU mm", "GB/s")
+    lines.append("  ".join(f"{h:>9}" for h in header))
+
+    def cell(value, fmt):
+        return f"{'n/a' if value is None else format(value, fmt):>9}"
+
+    for loop, row in payload["rows"].items():
+        lines.append("  ".join([f"{loop:>9}", cell(row["median_step_seconds"] * 1e3, ".2f"),
+                                cell(row["iqr_step_seconds"] * 1e3, ".2f"), cell(row["min_step_seconds"] * 1e3, ".2f"),
+                                cell(row["max_step_seconds"] * 1e3, ".2f"), cell(row["images_per_second"], ".0f"),
+                                cell(row["model_tflops"], ".3f"), cell(row["mfu_peak"], ".1%"),
+                                cell(row["mfu_matmul"], ".1%"), cell(row["bandwidth_gb_per_s"], ".1f")]))
+    return "\n".join(lines)
+
+
+def bench(args: argparse.Namespace, loops: Sequence[str]) -> dict:
+    """Measure, and return the JSON payload."""
+    from jax_resnet_speed import flops
+
+    result = bench_torch(args) if args.framework == "torch" else bench_jax(args, loops)
+    env = environment(args.framework, args.compile)
+    peak = flops.device_peak(env["device_kind"]) if env["backend"] != "cpu" else None
+    precision = result["config"]["precision"]
+    peak_tflops = peak.tflops.get(precision) if peak else None
+    batch = result["config"]["recipe"]["data"]["batch_size"]
+    matmul = result["matmul"]["tflops"] if result["matmul"] else None
+    rows = {loop: {**timing, **rates(timing, batch, result["xla_flops_per_step"], result["model_flops_per_step"],
+                                     result["bytes_per_step"], peak_tflops, matmul)}
+            for loop, timing in result["loops"].items()}
+    framework = f"torch{' compiled' if args.compile else ''}" if args.framework == "torch" else "jax"
+    return {"framework": framework, "environment": env, "steps": args.steps, "repeats": args.repeats,
+            "peak": None if peak is None else {"name": peak.name, "tflops": peak.tflops,
+                                               "memory_tb_per_s": peak.memory_tb_per_s, "source": peak.source},
+            "peak_tflops": peak_tflops, "compilation": cli.compilation_section(args), "result": result, "rows": rows}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    loops = validate(args, parser)
+    args.epochs = args.target = None  # cli.resolve_config reads them; a bench has no run length or target
+    with tempfile.TemporaryDirectory(prefix="bench-cache-") as empty_cache:
+        if args.cold_compile and not args.no_compile_cache:
+            args.compile_cache = empty_cache
+        cli.configure_compilation(args)
+        payload = bench(args, loops)
+    print(format_table(payload))
+    if args.json:
+        report.write_json(args.json, payload)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from jax_resnet_speed import bench
+from test_flops import resnet9_train_flops_per_image
+
+TINY = ["--preset", "myrtle-resnet9", "--width-mult", "0.0625", "--batch-size", "32", "--precision", "fp32",
+        "--steps", "2", "--repeats", "2"]
+HAND_COUNT = 32 * resnet9_train_flops_per_image((4, 8, 16, 32))
+
+
+def test_jax_bench_prints_its_table_and_json_and_the_warm_compile_is_faster(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main([*TINY, "--loops", "step,epoch", "--cold-compile", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "CPU numbers" in text and "images/s" in text and "MFU peak" in text
+    payload = json.loads(out.read_text())
+    result = payload["result"]
+    assert result["model_flops_per_step"] == HAND_COUNT
+    # XLA's own count (elementwise work included, its own convention at the borders) lands close to it.
+    assert result["xla_flops_per_step"] == pytest.approx(HAND_COUNT, rel=0.1)
+    assert result["bytes_per_step"] > 0
+    assert set(payload["rows"]) == {"step", "epoch"}
+    for loop, row in payload["rows"].items():
+        assert len(row["chunk_seconds"]) == 2 and row["min_step_seconds"] <= row["median_step_seconds"]
+        assert row["images_per_second"] == pytest.approx(32 / row["median_step_seconds"])
+        assert row["model_tflops"] == pytest.approx(HAND_COUNT / row["median_step_seconds"] / 1e12)
+        assert row["mfu_peak"] is None  # no datasheet peak for a CPU
+        assert row["mfu_matmul"] == pytest.approx(row["model_tflops"] / result["matmul"]["tflops"])
+        cold, warm = result["compile"][loop]
+        assert (cold["cache"], warm["cache"]) == ("cold", "warm")
+        assert warm["seconds"] < cold["seconds"]
+    assert payload["environment"]["backend"] == "cpu" and payload["peak"] is None
+
+
+def test_torch_bench_counts_the_same_model_flops(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "bench.json"
+    assert bench.main([*TINY, "--framework", "torch", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["framework"] == "torch"
+    assert payload["result"]["model_flops_per_step"] == pytest.approx(HAND_COUNT, rel=0.01)
+    assert payload["rows"]["step"]["images_per_second"] > 0
+
+
+@pytest.mark.parametrize("args, message", [(["--steps", "0"], "--steps must be positive"),
+                                           (["--loops", "step,scan"], "--loops takes"),
+                                           (["--compile"], "--compile is torch.compile")])
+def test_bad_flags_exit_2(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
