@@ -42,27 +42,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compute precision (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--steps", type=int, default=20, help="steps per timed chunk (one 'epoch' of the bench)")
     parser.add_argument("--repeats", type=int, default=5, help="timed chunks per loop mode, after one warm-up chunk")
-    parser.add_argument("--loops", default="step,epoch", metavar="MODES",
-                        help="loop modes to time, comma-separated (jax only): step, epoch")
+    parser.add_argument("--loops", metavar="MODES",
+                        help="loop modes to time, comma-separated (jax only): step, epoch (default: the trainer's "
+                             "default for the backend)")
     parser.add_argument("--cold-compile", action="store_true",
                         help="compile into an empty temporary cache, so the first compile is cold for sure")
     parser.add_argument("--json", metavar="PATH", help="write the measurements here")
-    cli.add_compile_arguments(parser)
+    cli.add_compile_arguments(parser, loop=False)
     return parser
 
 
-def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
-    """Exit 2 on flags that make no sense; returns the loop modes."""
+def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str] | None:
+    """Exit 2 on flags that make no sense; returns the loop modes (None: the backend's default)."""
     for name in ("steps", "repeats", "batch_size"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.width_mult <= 0:
         parser.error(f"--width-mult must be positive, got {args.width_mult}")
-    loops = [mode.strip() for mode in args.loops.split(",") if mode.strip()]
-    unknown = [mode for mode in loops if mode not in compilation.LOOPS]
-    if unknown or not loops:
-        parser.error(f"--loops takes {' and/or '.join(compilation.LOOPS)}, got {args.loops!r}")
+    loops = None
+    if args.loops is not None:
+        loops = [mode.strip() for mode in args.loops.split(",") if mode.strip()]
+        if not loops or any(mode not in compilation.LOOPS for mode in loops):
+            parser.error(f"--loops takes {' and/or '.join(compilation.LOOPS)}, got {args.loops!r}")
     recipe = presets.get_preset(args.preset)
     splits = recipe.network.ghost_bn_splits
     if (args.batch_size or recipe.batch_size) % splits:
@@ -121,7 +123,7 @@ def time_chunks(run_chunk: Callable[[], None], repeats: int) -> list[float]:
     return seconds
 
 
-def bench_jax(args: argparse.Namespace, loops: Sequence[str]) -> dict:
+def bench_jax(args: argparse.Namespace, loops: Sequence[str] | None) -> dict:
     """Compile and time the trainer's step in each loop mode; FLOPs and bytes from the single step."""
     import jax
     import jax.numpy as jnp
@@ -130,6 +132,7 @@ def bench_jax(args: argparse.Namespace, loops: Sequence[str]) -> dict:
 
     backend = jax.default_backend()
     config = cli.resolve_config(args, backend)
+    loops = loops or [config.loop]
     dataset = synthetic_dataset(args.steps * config.recipe.batch_size)  # one bench "epoch" is --steps steps
     dtype = train.PRECISIONS[config.precision]
     data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
@@ -260,7 +263,7 @@ def format_table(payload: dict) -> str:
     return "\n".join(lines)
 
 
-def bench(args: argparse.Namespace, loops: Sequence[str]) -> dict:
+def bench(args: argparse.Namespace, loops: Sequence[str] | None) -> dict:
     """Measure, and return the JSON payload."""
     from jax_resnet_speed import flops
 

@@ -36,12 +36,15 @@ def add_run_arguments(parser: argparse.ArgumentParser, preset: bool = True) -> N
     parser.add_argument("--width-mult", type=float, default=1.0, help="scale every channel width (smoke tests)")
 
 
-def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
-    """How the programs are compiled and dispatched: the trainer, bench and series share these."""
-    defaults = ", ".join(f"{loop} on {backend.upper()}" for backend, loop in compilation.DEFAULT_LOOPS.items())
-    parser.add_argument("--loop", choices=compilation.LOOPS,
-                        help="step: one dispatch of the compiled train step per step; epoch: each epoch's steps "
-                             f"in one compiled program (default: the faster one measured, {defaults})")
+def add_compile_arguments(parser: argparse.ArgumentParser, loop: bool = True) -> None:
+    """How the programs are compiled and dispatched: the trainer, bench and series share these.
+
+    loop=False leaves out --loop, for bench, which times several loop modes."""
+    if loop:
+        defaults = ", ".join(f"{mode} on {backend.upper()}" for backend, mode in compilation.DEFAULT_LOOPS.items())
+        parser.add_argument("--loop", choices=compilation.LOOPS,
+                            help="step: one dispatch of the compiled train step per step; epoch: each epoch's "
+                                 f"steps in one compiled program (default: the faster one measured, {defaults})")
     parser.add_argument("--compile-cache", metavar="DIR", default=str(compilation.default_compile_cache()),
                         help="persistent compilation cache: a second run of the same program loads it instead of "
                              "compiling (and, on a GPU, autotuning)")

@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder for series.json, series.md and series.png; a series.json there "
                              "written with the same settings is continued")
     cli.add_run_arguments(parser, preset=False)
+    cli.add_compile_arguments(parser)
     return parser
 
 
@@ -556,6 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = selection(args, parser)
     for name in names:
         cli.validate(args, parser, preset=name)
+    cli.configure_compilation(args)
     try:
         return run_series(args, names, argv)
     except KeyboardInterrupt:  # while loading the data or writing the files: nothing more to save
