@@ -187,9 +187,7 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
             print(f"wrote {args.json}")
         if plot := plot_path(args):
             from jax_resnet_speed import curves
-            environment, config = payload.get("environment") or {}, payload.get("config") or {}
-            title = f"{config.get('recipe', {}).get('name', '')}, {environment.get('device_kind', '')}"
-            curves.write(payload["runs"], target, title, plot)
+            curves.write(payload, target, plot)
             print(f"wrote {plot}")
 
     if seeds is None:

@@ -48,13 +48,20 @@ def figure(runs: Sequence[dict], target: float, title: str):
     return fig
 
 
-def write(runs: Sequence[dict], target: float, title: str, path: str | os.PathLike) -> None:
-    """Draw `figure` into a PNG at `path`, atomically (report.write_atomically)."""
+def title(payload: dict) -> str:
+    """Recipe, device, run count and training images of a result (report.py's JSON layout)."""
+    config, environment, runs = payload.get("config") or {}, payload.get("environment") or {}, payload["runs"]
+    return (f"{config.get('recipe', {}).get('name', '?')} on {environment.get('device_kind', '?')}: "
+            f"{len(runs)} run{'s' * (len(runs) != 1)}, {config.get('train_images', '?')} training images")
+
+
+def write(payload: dict, target: float, path: str | os.PathLike) -> None:
+    """The `figure` of a result's runs into a PNG at `path`, atomically (report.write_atomically)."""
     import matplotlib.pyplot as plt
 
     from jax_resnet_speed import report
 
-    fig = figure(runs, target, title)
+    fig = figure(payload["runs"], target, title(payload))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)

@@ -42,8 +42,15 @@ def test_accuracy_above_loss_below_against_training_seconds():
     plt.close(figure)
 
 
+def test_the_title_names_recipe_device_runs_and_images():
+    payload = {"config": {"recipe": {"name": "myrtle-final"}, "train_images": 2048},
+               "environment": {"device_kind": "NVIDIA H100"}, "runs": RUNS}
+    assert curves.title(payload) == "myrtle-final on NVIDIA H100: 2 runs, 2048 training images"
+    assert curves.title({**payload, "runs": RUNS[:1]}).endswith(": 1 run, 2048 training images")
+
+
 def test_write_leaves_one_png_and_no_temp_file(tmp_path):
     path = tmp_path / "out" / "curve.png"
-    curves.write(RUNS, 0.94, "title", path)
+    curves.write({"runs": RUNS}, 0.94, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["curve.png"]

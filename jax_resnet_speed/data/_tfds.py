@@ -7,6 +7,8 @@ conversion, done by tfds's own cifar10 builder) needs TensorFlow; see docs/data.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from jax_resnet_speed import progress
@@ -27,7 +29,7 @@ def read_tfds(name: str) -> Dataset:
     except DataError:
         raise
     except Exception as error:  # tfds fails in many ways (download, preparation, checksums, unknown name)
-        needs_tensorflow = isinstance(error, ImportError) and error.name == "tensorflow"
+        needs_tensorflow = isinstance(error, ImportError) and re.search(r"\btensorflow\b", str(error))
         hint = "preparing it the first time needs TensorFlow (pip install tensorflow-cpu), or " \
             if needs_tensorflow else ""
         raise DataError(f"tensorflow-datasets could not load {name!r} ({one_line(error)}); {hint}{HOW_TO_PROVIDE}") \
