@@ -26,7 +26,7 @@ _DECODE_CHUNK = 512  # images per worker task: big enough to amortise pickling, 
 def decode_images(files: Iterable[tuple[str, bytes]], where: str, label: str = "decoding images") -> np.ndarray:
     """Decode (name, bytes) pairs into uint8 (N, 32, 32, 3), in order, on every core, while `files` is still read.
 
-    A terminal shows `label` and the images decoded out of those read so far.
+    A terminal shows `label` and the images decoded so far (out of all of them, once all are read).
     """
     chunks = _chunked(files, _DECODE_CHUNK)
     head = list(itertools.islice(chunks, 2))
@@ -50,13 +50,10 @@ def decode_images(files: Iterable[tuple[str, bytes]], where: str, label: str = "
             futures, read = [], 0
             for chunk in itertools.chain(head, chunks):
                 futures.append(threads.submit(decode, chunk))
+                futures[-1].add_done_callback(lambda _, size=len(chunk): shown.advance(size))
                 read += len(chunk)
-                shown.update(total=read)  # the total is known once the whole source is read
-            decoded = []
-            for future in futures:
-                decoded.append(future.result())
-                shown.advance(len(decoded[-1]))
-        return np.concatenate(decoded)
+            shown.update(total=read)  # known once the whole source is read
+            return np.concatenate([future.result() for future in futures])
     finally:
         threads.shutdown(cancel_futures=True)
         for worker in workers:
