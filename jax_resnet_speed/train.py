@@ -204,7 +204,7 @@ def compile_programs(programs: Programs, data: DeviceData, seed: int,
     start = time.perf_counter()
     key = jax.random.key(seed) if key is None else key
     hyper = programs.hyper if hyper is None else hyper
-    on_stage("compiling the initialisation")
+    on_stage("compiling and running the initialisation")
     init = programs.init.lower(key, data.train_padded, hyper).compile()
     state = init(key, data.train_padded, hyper)
     on_stage("compiling the epoch shuffle")
