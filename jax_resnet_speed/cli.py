@@ -8,8 +8,12 @@ import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from jax_resnet_speed import presets
+
+if TYPE_CHECKING:
+    from jax_resnet_speed.tensorboard_log import EpochLog
 
 EXIT_DATA_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
 PLOT_BESIDE_JSON = "<beside --json>"  # --plot without a path
@@ -236,7 +240,7 @@ RunGroup = Callable[[Sequence[int], Sequence[dict], Callable[[int], None]], None
 
 
 def run_groups(args: argparse.Namespace, payload: dict, target: float, run_group: RunGroup, seeds: Sequence[int],
-               checkpoint: Callable[[], None] | None, log=None) -> int:
+               checkpoint: Callable[[], None] | None, log: EpochLog | None = None) -> int:
     """The seeds in groups of --parallel, each trained together (group.run); tables printed (and written to
     the TensorBoard `log`) per run after its group. Returns the exit code: EXIT_DIVERGED when a member diverged."""
     from jax_resnet_speed import group, report
