@@ -1,7 +1,7 @@
 """Per-epoch metrics as TensorBoard event files (--tensorboard DIR), written by tensorboard itself.
 
 tensorboard.summary.Writer needs only numpy, and its flush waits until the events are on disk; the same
-package reads them back and shows them (docs/data.md says why not tensorboardX or clu). Each run gets
+package reads them back and shows them (README.md says why not tensorboardX or clu). Each run gets
 its own folder, DIR/run-<i>-seed-<seed>, which TensorBoard lists as a run: the runs of one invocation
 are separate curves of the same tags. Scalars are written from the per-epoch callback, after the
 epoch's clock has stopped, and flushed there, so the writer's thread is idle while the next epoch is
