@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from jax_resnet_speed import compilation, presets
 
+if TYPE_CHECKING:
+    from jax_resnet_speed.tensorboard_log import EpochLog
+
 EXIT_DATA_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
+PLOT_BESIDE_JSON = "<beside --json>"  # --plot without a path
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, preset: bool = True) -> None:
@@ -81,6 +87,22 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-subset", type=int, metavar="N", help="evaluate on the first N test images")
 
 
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the per-epoch metrics go besides the table and --json: TensorBoard and a figure of the curves."""
+    parser.add_argument("--tensorboard", metavar="DIR",
+                        help="write per-epoch metrics as TensorBoard event files, a folder per run "
+                             "(needs the tensorboard extra)")
+    parser.add_argument("--plot", metavar="PNG", nargs="?", const=PLOT_BESIDE_JSON,
+                        help="draw test and TTA accuracy and train loss against training seconds, all runs on one "
+                             "figure; without PNG, beside --json (X.json: X.png) (needs the plot extra)")
+
+
+def plot_path(args: argparse.Namespace) -> str | None:
+    """Where --plot draws (None when not asked)."""
+    plot = getattr(args, "plot", None)
+    return os.path.splitext(args.json)[0] + ".png" if plot == PLOT_BESIDE_JSON else plot
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jax_resnet_speed.train",
@@ -91,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parallel", type=int, default=1, metavar="K",
                         help="train K of the --runs together in one vmapped program (group.py); seeds as without")
     parser.add_argument("--json", metavar="PATH", help="write the machine-readable result here")
+    add_output_arguments(parser)
     parser.add_argument("--xla-dump", metavar="DIR",
                         help="dump the HLO of every program, before and after optimisation, into DIR "
                              "(read it with python -m jax_resnet_speed.xla_report DIR)")
@@ -130,6 +153,11 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser, preset: 
         parser.error(f"--width-mult must be positive, got {args.width_mult}")
     if args.target is not None and not 0 < args.target <= 1:
         parser.error(f"--target is a fraction in (0, 1], got {args.target}")
+    if getattr(args, "plot", None) == PLOT_BESIDE_JSON and not getattr(args, "json", None):
+        parser.error("--plot without a path draws beside --json; add --json PATH or give --plot PNG")
+    for flag, module, extra in (("tensorboard", "tensorboard", "tensorboard"), ("plot", "matplotlib", "plot")):
+        if getattr(args, flag, None) and importlib.util.find_spec(module) is None:
+            parser.error(f"--{flag} needs {module}: pip install 'jax_resnet_speed[{extra}]'")
 
 
 def load_data(args: argparse.Namespace):
@@ -182,6 +210,11 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
     """
     from jax_resnet_speed import report
 
+    log = None
+    if getattr(args, "tensorboard", None):
+        from jax_resnet_speed import tensorboard_log
+        log = tensorboard_log.EpochLog(args.tensorboard)
+
     def checkpoint() -> None:
         payload["summary"] = report.summarize(payload["runs"])
         if on_checkpoint is not None:
@@ -192,6 +225,10 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
         if getattr(args, "json", None):
             report.write_json(args.json, payload)
             print(f"wrote {args.json}")
+        if plot := plot_path(args):
+            from jax_resnet_speed import curves
+            curves.write(payload, target, plot)
+            print(f"wrote {plot}")
 
     if seeds is None:
         seeds = [args.seed + index for index in range(args.runs)]
@@ -199,7 +236,7 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
     try:
         run_one = prepare()
         if getattr(args, "parallel", 1) > 1:
-            exit_code = run_groups(args, payload, target, run_one, seeds, checkpoint if on_checkpoint else None)
+            exit_code = run_groups(args, payload, target, run_one, seeds, checkpoint if on_checkpoint else None, log)
             save()
             print(report.summary_line(payload["summary"], target))
             return exit_code
@@ -208,8 +245,14 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
             print(report.table_header())
             record: dict = {}
             payload["runs"].append(record)
+
+            def on_epoch(metrics: dict, run: int = seed - args.seed + 1, seed: int = seed) -> None:
+                print(report.table_row(metrics), flush=True)
+                if log is not None:
+                    log.write(run, seed, metrics)
+
             try:
-                run_one(seed, lambda m: print(report.table_row(m), flush=True), record)
+                run_one(seed, on_epoch, record)
             except report.Diverged as error:
                 print(f"error: {error}; stopping this run", file=sys.stderr)
                 exit_code = EXIT_DIVERGED
@@ -221,6 +264,9 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
         print("\ninterrupted: saving what finished", file=sys.stderr)
         save()
         return EXIT_INTERRUPTED
+    finally:
+        if log is not None:
+            log.close()
     save()
     print(report.summary_line(payload["summary"], target))
     return exit_code
@@ -230,9 +276,9 @@ RunGroup = Callable[[Sequence[int], Sequence[dict], Callable[[int], None]], None
 
 
 def run_groups(args: argparse.Namespace, payload: dict, target: float, run_group: RunGroup, seeds: Sequence[int],
-               checkpoint: Callable[[], None] | None) -> int:
-    """The seeds in groups of --parallel, each trained together (group.run); tables printed per run after
-    its group. Returns the exit code: EXIT_DIVERGED when a member diverged."""
+               checkpoint: Callable[[], None] | None, log: EpochLog | None = None) -> int:
+    """The seeds in groups of --parallel, each trained together (group.run); tables printed (and written to
+    the TensorBoard `log`) per run after its group. Returns the exit code: EXIT_DIVERGED when a member diverged."""
     from jax_resnet_speed import group, report
 
     size, exit_code = args.parallel, 0
@@ -252,6 +298,8 @@ def run_groups(args: argparse.Namespace, payload: dict, target: float, run_group
             print(report.table_header())
             for metrics in record["epochs"]:
                 print(report.table_row(metrics))
+                if log is not None:
+                    log.write(record["seed"] - args.seed + 1, record["seed"], metrics)
             if record["status"] == "diverged":
                 print(f"error: run with seed {record['seed']} diverged; the rest of its group went on",
                       file=sys.stderr)
@@ -303,14 +351,15 @@ def prepare_runs(config, dataset, seed: int, payload: dict, profile: str | None 
     returns the function that makes one timed run (train.run). `seed` is the warm-up's;
     `profile`: a folder for a trace of one epoch.
     """
-    from jax_resnet_speed import train
+    from jax_resnet_speed import progress, train
 
     device_data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
                                       dataset.test_labels, dataset.mean, dataset.std, config.recipe,
                                       train.PRECISIONS[config.precision])
-    with compilation.CacheCounter() as cache:
+    with progress.task("compiling") as shown, compilation.CacheCounter() as cache:
         programs, payload["compile_seconds"] = train.compile_programs(
-            train.build_programs(config, device_data), device_data, seed)
+            train.build_programs(config, device_data), device_data, seed,
+            on_stage=lambda stage: shown.update(description=stage))
     payload.setdefault("compilation", {})["cache"] = cache.state
     print(f"compiled ({config.loop} loop, {cache.state} cache) and warmed up in {payload['compile_seconds']:.1f} s "
           "(not timed)")
@@ -329,7 +378,7 @@ def prepare_group(config, dataset, size: int, seed: int, payload: dict) -> RunGr
 
     Raises GroupTooLarge, naming the largest group that fits, before compiling the group.
     """
-    from jax_resnet_speed import group, train
+    from jax_resnet_speed import group, progress, train
 
     device_data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
                                       dataset.test_labels, dataset.mean, dataset.std, config.recipe,
@@ -342,7 +391,8 @@ def prepare_group(config, dataset, size: int, seed: int, payload: dict) -> RunGr
                             f"dataset and {available / 2**30:.1f} GiB are free; the largest group that fits is "
                             f"--parallel {fits}")
     seeds = list(range(seed, seed + size))
-    with compilation.CacheCounter() as cache:
+    with (progress.task(f"compiling and warming up the vmapped programs of a group of {size} runs"),
+          compilation.CacheCounter() as cache):
         compiled, payload["compile_seconds"] = group.compile_group(programs, device_data, seeds,
                                                                    [programs.hyper] * size)
     payload.setdefault("compilation", {})["cache"] = cache.state

@@ -558,13 +558,15 @@ def environment(device: torch.device, compiled: bool) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The JAX trainer's flags (cli.add_run_arguments, --json), plus --device, --compile and --memory-format."""
+    """The JAX trainer's flags (cli.add_run_arguments, --json, --tensorboard, --plot), plus --device, --compile and
+    --memory-format."""
     parser = argparse.ArgumentParser(
         prog="python -m jax_resnet_speed.torch_reference",
         description="Train the same recipe (any preset of the series) in PyTorch, timed like the JAX trainer.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     cli.add_run_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help="write the machine-readable result here")
+    cli.add_output_arguments(parser)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (cuda, cuda:1, cpu)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (forward and backward); "

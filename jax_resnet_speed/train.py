@@ -201,24 +201,32 @@ def eval_variables(state: TrainState) -> dict:
 
 
 def compile_programs(programs: Programs, data: DeviceData, seed: int,
-                     key: jax.Array | None = None, hyper: optim.Hyper | None = None) -> tuple[Programs, float]:
+                     key: jax.Array | None = None, hyper: optim.Hyper | None = None,
+                     on_stage: Callable[[str], None] = lambda stage: None) -> tuple[Programs, float]:
     """Compile (and autotune) every program the loop needs ahead of time, then warm each up once.
 
     Returns the compiled programs and the seconds spent, which stay off the training clock.
     `key` and `hyper` (default: the key of `seed`, the recipe's hyperparameters) are the init's
-    arguments; a group of runs (group.py) passes them stacked.
+    arguments; a group of runs (group.py) passes them stacked. `on_stage` hears what starts next
+    (for progress on a terminal).
     """
     start = time.perf_counter()
     key = jax.random.key(seed) if key is None else key
     hyper = programs.hyper if hyper is None else hyper
+    on_stage("compiling and running the initialisation")
     init = programs.init.lower(key, data.train_padded, hyper).compile()
     state = init(key, data.train_padded, hyper)
+    on_stage("compiling the epoch shuffle")
     epoch_batches = programs.epoch_batches.lower(state.rng, jnp.int32(0)).compile()
     batches = epoch_batches(state.rng, jnp.int32(0))
     name = "train_step" if programs.loop == "step" else "train_steps"
+    on_stage(f"compiling the {'train step' if programs.loop == 'step' else 'epoch of train steps'} "
+             "(on a GPU XLA also autotunes its convolutions)")
     train = getattr(programs, name).lower(state, data.train_padded, data.train_labels, batches).compile()
+    on_stage("compiling the evaluation (plain and flip TTA)")
     evaluate = programs.evaluate.lower(eval_variables(state), data.test_images, data.test_labels).compile()
     # A throw-away step (or epoch) and evaluation: first executions allocate and load kernels.
+    on_stage("warming up: one throw-away step (or epoch) and evaluation")
     state = train(state, data.train_padded, data.train_labels, batches)
     jax.block_until_ready(evaluate(eval_variables(state), data.test_images, data.test_labels))
     compiled = dataclasses.replace(programs, init=init, epoch_batches=epoch_batches, evaluate=evaluate,

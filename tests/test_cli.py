@@ -20,7 +20,8 @@ def test_help_explains_every_option():
     assert result.returncode == 0
     for flag in ("--preset", "--list-presets", "--data", "--epochs", "--batch-size", "--precision", "--seed",
                  "--runs", "--target", "--json", "--train-subset", "--test-subset", "--width-mult",
-                 "--xla-dump", "--profile", "--loop", "--compile-cache", "--no-compile-cache", "--xla-preset"):
+                 "--xla-dump", "--profile", "--loop", "--compile-cache", "--no-compile-cache", "--xla-preset",
+                 "--tensorboard", "--plot"):
         assert flag in result.stdout
 
 
@@ -45,6 +46,7 @@ def test_list_presets(capsys):
     (["--epochs", "0"], "--epochs must be positive"),
     (["--preset", "nope"], "invalid choice: 'nope'"),
     (["--target", "94"], "--target is a fraction"),
+    (["--plot"], "--plot without a path draws beside --json"),
 ])
 def test_bad_flags_exit_2_with_a_usage_message(args, message):
     result = run_cli(*args)
@@ -64,9 +66,14 @@ def test_end_to_end_writes_the_table_and_json(tiny_npz, tmp_path):
     out = tmp_path / "result.json"
     result = run_cli("--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "2", "--runs", "2",
                      "--preset", "myrtle-resnet9", "--train-subset", "384", "--test-subset", "150",
-                     "--json", str(out), *TINY)
+                     "--json", str(out), "--tensorboard", str(tmp_path / "tb"), "--plot", *TINY)
     assert result.returncode == 0, result.stderr
     assert "epoch       lr  train loss" in result.stdout
+    assert "compiling" not in result.stdout  # stdout is a pipe: no progress, only the "compiled ... in" line
+    # --plot without a path: beside the JSON; --tensorboard: a folder of event files per run (test_tensorboard_log)
+    assert (tmp_path / "result.png").read_bytes()[:4] == b"\x89PNG" and f"wrote {tmp_path / 'result.png'}" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["run-1-seed-0", "run-2-seed-1"]
+    assert all(list(p.glob("events.out.tfevents.*")) for p in (tmp_path / "tb").iterdir())
     assert "2 runs: accuracy" in result.stdout
     payload = json.loads(out.read_text())
     assert set(payload) == {"config", "environment", "compile_seconds", "compilation", "runs", "summary"}
@@ -123,10 +130,12 @@ def test_ctrl_c_writes_what_finished(tiny_npz, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "run", interrupted_after_one_epoch)
     out = tmp_path / "partial.json"
-    code = cli.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "3", "--json", str(out), *TINY])
+    code = cli.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "3", "--json", str(out),
+                     "--plot", str(tmp_path / "partial.png"), *TINY])
     assert code == cli.EXIT_INTERRUPTED
     payload = json.loads(out.read_text())
     assert payload["runs"][0]["status"] == "interrupted" and len(payload["runs"][0]["epochs"]) == 1
+    assert (tmp_path / "partial.png").is_file()  # the curve of what finished
 
 
 def test_xla_dump_then_report_lists_the_train_step_convolutions(tiny_npz, tmp_path):

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tarfile
 import time
-import types
 import urllib.error
 import urllib.request
 import zipfile
@@ -249,20 +248,59 @@ def test_npz_with_wrong_image_shape_is_refused(tmp_path, cifar):
 
 # --- tensorflow-datasets --------------------------------------------------------------------------------------
 
-def test_tfds_source_uses_tensorflow_datasets(monkeypatch, cifar):
-    calls = []
+TFDS_EXAMPLES = 120  # per split; tfds's mock draws them at about a millisecond each
 
-    def load(name, **kwargs):
-        calls.append((name, kwargs))
-        info = types.SimpleNamespace(features={"label": types.SimpleNamespace(names=list(CLASSES))})
-        return ((cifar[0], cifar[1].astype(np.int64)), (cifar[2], cifar[3].astype(np.int64))), info
 
-    monkeypatch.setitem(sys.modules, "tensorflow_datasets", types.SimpleNamespace(load=load, as_numpy=lambda x: x))
+@pytest.fixture
+def mocked_tfds():
+    """The real tensorflow_datasets, its cifar10 builder served by tfds.testing.mock_data: random CIFAR-10-shaped
+    examples through tfds.data_source, without a download (and without TensorFlow, which the test extra lacks)."""
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=TFDS_EXAMPLES, policy=tfds.testing.MockPolicy.USE_CODE):
+        yield tfds
+
+
+def test_tfds_source_reads_cifar10_through_tfds_data_source(mocked_tfds):
+    train, test = mocked_tfds.data_source("cifar10", split=["train", "test"])
+    expected = [(np.stack([example["image"] for example in source]), [int(example["label"]) for example in source])
+                for source in (train, test)]
     dataset = data.load_cifar10("tfds:cifar10")
-    assert_same_data(dataset, cifar)
     assert dataset.source_kind == "tfds"
-    assert calls[0][0] == "cifar10" and calls[0][1]["split"] == ["train", "test"]
-    assert data.load_cifar10("tfds").checksum == dataset.checksum
+    for (images, labels), split in zip(expected, ("train", "test")):
+        np.testing.assert_array_equal(getattr(dataset, f"{split}_images"), images)
+        assert getattr(dataset, f"{split}_labels").tolist() == labels
+    assert dataset.train_images.shape == (TFDS_EXAMPLES, 32, 32, 3) and dataset.train_labels.dtype == np.int32
+    assert dataset.class_names == tuple(train.dataset_info.features["label"].names) and len(dataset.class_names) == 10
+    np.testing.assert_allclose(dataset.mean, expected[0][0].reshape(-1, 3).mean(axis=0) / 255, atol=1e-6)
+    assert data.load_cifar10("tfds").checksum == dataset.checksum  # the name defaults to cifar10
+
+
+def test_tfds_unknown_name_is_one_line(mocked_tfds):
+    with pytest.raises(data.DataError, match=r"tensorflow-datasets could not load 'no_such_dataset' \(.*\); pass"):
+        data.load_cifar10("tfds:no_such_dataset")
+
+
+def test_tfds_through_the_trainer_and_data_info(mocked_tfds, capsys):
+    from jax_resnet_speed import cli
+    from jax_resnet_speed.data.__main__ import main as data_main
+
+    args = cli.build_parser().parse_args(["--data", "tfds", "--train-subset", "100", "--test-subset", "50",
+                                          "--batch-size", "64"])
+    dataset, section = cli.load_run_data(args, cli.resolve_config(args, "cpu"))
+    assert (section["data"], section["data_kind"], section["train_images"], section["test_images"]) == \
+        ("tfds", "tfds", 100, 50)
+    assert section["data_checksum"] == dataset.checksum and dataset.train_images.shape == (100, 32, 32, 3)
+
+    assert data_main(["info", "tfds"]) == 0
+    out = capsys.readouterr().out
+    full = data.load_cifar10("tfds")
+    for line in ("source    tfds", "kind      tfds", f"images    {TFDS_EXAMPLES} train, {TFDS_EXAMPLES} test",
+                 "cache     none (this kind of source is read directly)", f"checksum  sha256:{full.checksum}"):
+        assert line in out
+    counts = np.bincount(full.train_labels, minlength=10)
+    assert re.search(rf"^ 0 {re.escape(full.class_names[0])} +{counts[0]} +", out, re.MULTILINE)
+    assert "mean      " in out and "std       " in out and "loaded in " in out
 
 
 def test_tfds_missing_says_which_extra_to_install(monkeypatch):
@@ -326,7 +364,7 @@ def test_download_checks_md5_then_is_reused(monkeypatch, tmp_path, cifar, capsys
     assert list((tmp_path / "cache").iterdir()) == []
     monkeypatch.setattr(_download, "OFFICIAL_MD5", hashlib.md5(payload).hexdigest())
     assert_same_data(data.load_cifar10(None, tmp_path / "cache"), cifar)
-    assert "100%" in capsys.readouterr().err
+    assert capsys.readouterr() == ("", "")  # no progress when stdout is not a terminal
     assert (tmp_path / "cache" / data.OFFICIAL_NAME).read_bytes() == payload
     monkeypatch.setattr(urllib.request, "urlopen", None)  # a second load must not download
     assert data._load(None, tmp_path / "cache")[2]

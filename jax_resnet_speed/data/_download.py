@@ -1,4 +1,4 @@
-"""Downloading the official tarball, with an MD5 check and a progress bar on stderr."""
+"""Downloading the official tarball, with an MD5 check and progress on a terminal."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import hashlib
 import http.client
 import os
 import pathlib
-import sys
 import tempfile
 import urllib.error
 import urllib.request
 from typing import IO
 
+from jax_resnet_speed import progress
 from jax_resnet_speed.data._canonical import ENV_VAR, HOW_TO_PROVIDE, DataError, one_line
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -39,29 +39,18 @@ def download(url: str, dest: pathlib.Path) -> None:
 
 
 def _fetch(url: str, out: IO[bytes]) -> str:
-    """Stream url into out with a progress bar on stderr; returns the MD5 of what was written."""
+    """Stream url into out (with progress on a terminal); returns the MD5 of what was written."""
     md5 = hashlib.md5(usedforsecurity=False)
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
-            total, done, shown = int(response.headers.get("Content-Length") or 0), 0, ""
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                md5.update(chunk)
-                done += len(chunk)
-                if (line := _progress_line(url.rsplit("/", 1)[-1], done, total)) != shown:
-                    shown = line
-                    print(f"\r{line}", end="", file=sys.stderr, flush=True)
-        print(file=sys.stderr)
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with progress.task(f"downloading {url.rsplit('/', 1)[-1]}", total, unit="bytes") as shown:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    md5.update(chunk)
+                    shown.advance(len(chunk))
     except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         reason = getattr(error, "reason", None) or error
         raise DataError(f"no CIFAR-10 data given (no --data, ${ENV_VAR} unset, no earlier download) and the "
                         f"download from {url} failed ({one_line(reason)}); {HOW_TO_PROVIDE}") from None
     return md5.hexdigest()
-
-
-def _progress_line(name: str, done: int, total: int) -> str:
-    """A progress bar that changes at most every 1% (or MB when the size is unknown), to keep stderr quiet."""
-    if not total:
-        return f"downloading {name}: {done >> 20} MB"
-    percent = min(100, 100 * done // total)
-    return f"downloading {name} [{'#' * (percent // 4):<25}] {percent:3d}% of {total / 1e6:.0f} MB"

@@ -80,7 +80,7 @@ def _read_tree(files: Iterable[tuple[str, bytes]], origin: str, where: str) -> D
                 image_paths.append(parts)
                 yield name, data
 
-    pixels = _images.decode_images(images(), where)
+    pixels = _images.decode_images(images(), where, f"decoding {pathlib.Path(origin).name} (once: then cached)")
     if batches and image_paths:
         raise DataError(f"{origin} holds both CIFAR-10 batch files and an image tree; keep only one of them")
     if batches:

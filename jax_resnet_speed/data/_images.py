@@ -16,14 +16,18 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from jax_resnet_speed import progress
 from jax_resnet_speed.data._canonical import SPLITS, DataError, Dataset, finish, one_line
 
 _FORMATS = ("JPEG", "PNG", "BMP", "PPM", "TIFF", "WEBP")  # naming them skips probing every Pillow plugin
 _DECODE_CHUNK = 512  # images per worker task: big enough to amortise pickling, small enough to overlap reading
 
 
-def decode_images(files: Iterable[tuple[str, bytes]], where: str) -> np.ndarray:
-    """Decode (name, bytes) pairs into uint8 (N, 32, 32, 3), in order, on every core, while `files` is still read."""
+def decode_images(files: Iterable[tuple[str, bytes]], where: str, label: str = "decoding images") -> np.ndarray:
+    """Decode (name, bytes) pairs into uint8 (N, 32, 32, 3), in order, on every core, while `files` is still read.
+
+    A terminal shows `label` and the images decoded so far (out of all of them, once all are read).
+    """
     chunks = _chunked(files, _DECODE_CHUNK)
     head = list(itertools.islice(chunks, 2))
     if len(head) < 2:  # too few images to repay starting worker processes
@@ -42,8 +46,14 @@ def decode_images(files: Iterable[tuple[str, bytes]], where: str) -> np.ndarray:
 
     threads = concurrent.futures.ThreadPoolExecutor(len(workers))  # they only wait on pipes
     try:
-        futures = [threads.submit(decode, chunk) for chunk in itertools.chain(head, chunks)]
-        return np.concatenate([future.result() for future in futures])
+        with progress.task(label, unit="images") as shown:
+            futures, read = [], 0
+            for chunk in itertools.chain(head, chunks):
+                futures.append(threads.submit(decode, chunk))
+                futures[-1].add_done_callback(lambda _, size=len(chunk): shown.advance(size))
+                read += len(chunk)
+            shown.update(total=read)  # known once the whole source is read
+            return np.concatenate([future.result() for future in futures])
     finally:
         threads.shutdown(cancel_futures=True)
         for worker in workers:

@@ -1,0 +1,69 @@
+"""Progress on the waits (progress.py): drawn on a terminal, nothing at all when stdout is not one."""
+
+import io
+import re
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jax_resnet_speed import data, progress
+from jax_resnet_speed.data import _images
+
+pytestmark = pytest.mark.filterwarnings("ignore:this is not the full CIFAR-10:jax_resnet_speed.data.DataWarning")
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+    def text(self) -> str:
+        """What was written, without the terminal's colour and cursor codes."""
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", self.getvalue())
+
+
+def image_archive(path, per_class: int = 2):
+    """A .tar.gz image tree of 10 classes with `per_class` train and test images each."""
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as archive:
+        for split in ("train", "test"):
+            for label in range(10):
+                for index in range(per_class):
+                    buffer = io.BytesIO()
+                    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
+                    member = tarfile.TarInfo(f"{split}/class{label}/{index:03d}.png")
+                    member.size = len(buffer.getvalue())
+                    archive.addfile(member, io.BytesIO(buffer.getvalue()))
+    return path
+
+
+def test_a_task_prints_nothing_when_stdout_is_not_a_terminal(capsys):
+    assert not progress.enabled()
+    with progress.task("compiling", total=3, unit="steps") as shown:
+        shown.update(description="compiling the train step")
+        shown.advance(3)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_terminal_is_shown_the_description_and_the_count(monkeypatch):
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert progress.enabled()
+    with progress.task("decoding x.tar.gz", total=10, unit="images") as shown:
+        shown.advance(4)
+    assert "decoding x.tar.gz" in terminal.text() and "4/10 images" in terminal.text()
+
+
+def test_the_first_decode_shows_progress_on_a_terminal_only(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(_images, "_DECODE_CHUNK", 8)  # 40 images: several chunks, decoded by worker processes
+    archive = image_archive(tmp_path / "images.tar.gz")
+    data.load_cifar10(archive, tmp_path / "cache-pipe")
+    assert capsys.readouterr() == ("", "")  # stdout is not a terminal here: nothing at all
+
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    dataset = data.load_cifar10(archive, tmp_path / "cache-terminal")
+    assert len(dataset.train_images) == len(dataset.test_images) == 20
+    assert "decoding images.tar.gz" in terminal.text() and "40/40 images" in terminal.text()
