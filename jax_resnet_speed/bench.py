@@ -156,10 +156,11 @@ def bench_jax(args: argparse.Namespace, loops: Sequence[str] | None) -> dict:
         result["loops"][loop] = spread(time_chunks(run_chunk, args.repeats), args.steps)
         if loop == "step":
             step_compiled = compiled.train_step
-    # The epoch program's cost analysis counts its loop body once: count the single step's.
+    # Counts per step come from the single step's program, whichever loops were timed.
     programs = train.build_programs(config, data)
     state = jax.eval_shape(programs.init, jax.random.key(0), data.train_padded, programs.hyper)
-    step_args = (state, data.train_padded, data.train_labels, jax.ShapeDtypeStruct((args.steps, config.recipe.batch_size), jnp.int32))
+    batches = jax.ShapeDtypeStruct((args.steps, config.recipe.batch_size), jnp.int32)
+    step_args = (state, data.train_padded, data.train_labels, batches)
     step_compiled = step_compiled or programs.train_step.lower(*step_args).compile()
     result["xla_flops_per_step"], result["bytes_per_step"] = flops.xla_cost(step_compiled)
     result["model_flops_per_step"] = flops.model_flops(programs.train_step, *step_args)
