@@ -205,3 +205,58 @@ def test_switches_of_the_final_recipe_change_the_network():
     a = model.Network(final, (8, 8, 8, 8)).apply(variables, x, train=False)
     b = model.Network(relu, (8, 8, 8, 8)).apply(variables, x, train=False)
     assert not np.allclose(a, b)
+
+
+def lax_conv(x, w):
+    k = w.shape[0]
+    return jax.lax.conv_general_dilated(x, w, (1, 1), [(k // 2, k // 2)] * 2,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_tap_weight_grad_conv_has_lax_values_and_derivatives(k):
+    rng = np.random.default_rng(k)
+    x, w, v = (jnp.asarray(rng.standard_normal(shape), jnp.float32)
+               for shape in [(4, 8, 8, 5), (k, k, 5, 6), (k, k, 5, 6)])
+    padding = [(k // 2, k // 2)] * 2
+    dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+
+    def taps(x, w):
+        return model.conv_with_tap_weight_grad(x, w, (1, 1), padding, (1, 1), (1, 1), dims)
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+
+    np.testing.assert_array_equal(taps(x, w), lax_conv(x, w))
+    for ours, reference in zip(jax.grad(loss(taps), (0, 1))(x, w), jax.grad(loss(lax_conv), (0, 1))(x, w)):
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
+    # Forward over reverse (the Lanczos experiments' Hessian-vector products) still works.
+    hvp = [jax.jvp(lambda w: jax.grad(loss(conv), 1)(x, w), (w,), (v,))[1] for conv in (taps, lax_conv)]
+    np.testing.assert_allclose(hvp[0], hvp[1], rtol=1e-4, atol=1e-3)
+    # The weight gradient is k * k matmuls: no convolution beyond the forward pass's one (a 1x1 becomes a dot).
+    hlo = jax.jit(jax.grad(loss(taps), 1)).lower(x, w).compile().as_text()
+    assert hlo.count(" convolution(") == (k == 3) and hlo.count(" dot(") == k * k + (k == 1)
+    with pytest.raises(ValueError, match="stride-1"):
+        model.conv_with_tap_weight_grad(x, w, (2, 2), padding, (1, 1), (1, 1), dims)
+
+
+def test_net_on_the_cpu_trains_with_tap_weight_grads_and_matches_lax_convs(monkeypatch):
+    """The CPU network's stride-1 convs are the tap form; the whole gradient equals stock nn.Conv's."""
+    net = build("myrtle-resnet9", width_mult=0.0625)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 16, 16, 3)), jnp.float32)
+    variables = net.init(jax.random.key(0), x, train=False)
+
+    def grads():
+        def loss(params):
+            logits, _ = net.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+            return jnp.sum(logits ** 2)
+        jaxpr = str(jax.make_jaxpr(loss)(variables["params"]))
+        return jax.jit(jax.grad(loss))(variables["params"]), jaxpr.count("name=_conv_same")
+
+    ours, tap_convs = grads()
+    assert jax.default_backend() == "cpu" and tap_convs == 8  # every conv of the ResNet-9
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # what a GPU build gets: stock nn.Conv
+    stock, stock_tap_convs = grads()
+    assert stock_tap_convs == 0
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(stock)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
