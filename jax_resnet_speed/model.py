@@ -7,7 +7,6 @@ or fp32); batch-norm statistics and normalisation are float32.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +14,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.custom_derivatives import SymbolicZero
 
 from jax_resnet_speed.presets import Network as NetworkSpec, Recipe
 
@@ -81,68 +79,8 @@ def activation(spec: NetworkSpec, x: jax.Array) -> jax.Array:
 
 def conv(features: int, kernel: int, stride: int, dtype: Any, name: str | None = None) -> nn.Conv:
     # Symmetric padding k // 2, as PyTorch pads: "SAME" would pad a stride-2 conv on one side only.
-    # On the CPU a stride-1 conv takes its weight gradient as matmuls (conv_with_tap_weight_grad).
-    on_cpu = stride == 1 and jax.default_backend() == "cpu"
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(kernel // 2, kernel // 2)] * 2,
-                   use_bias=False, dtype=dtype, kernel_init=torch_default_init, name=name,
-                   conv_general_dilated=conv_with_tap_weight_grad if on_cpu else None)
-
-
-def conv_with_tap_weight_grad(lhs: jax.Array, rhs: jax.Array, window_strides: Any, padding: Any,
-                              lhs_dilation: Any = None, rhs_dilation: Any = None, dimension_numbers: Any = None,
-                              feature_group_count: int = 1, precision: Any = None) -> jax.Array:
-    """nn.Conv's convolution for a stride-1, k // 2-padded NHWC/HWIO conv, with a faster weight gradient on XLA:CPU.
-
-    XLA:CPU runs the weight gradient of a convolution 3-11x slower than its forward pass of the same
-    size (docs/cpu_speed.md); k * k matmuls, one per kernel tap, compute it 1.3-12x faster. The
-    value and the input gradient are lax.conv_general_dilated's own; only the rule for the kernel's
-    tangent changes (a custom JVP, so forward-mode and higher derivatives keep working).
-    """
-    k = rhs.shape[0]
-    expected = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    if (tuple(window_strides) != (1, 1) or [tuple(p) for p in padding] != [(k // 2, k // 2)] * 2
-            or feature_group_count != 1 or dimension_numbers != expected
-            or any(d is not None and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation))):
-        raise ValueError("conv_with_tap_weight_grad takes only undilated stride-1 NHWC convs padded k // 2")
-    return _conv_same(lhs, rhs, precision)
-
-
-def _lax_conv_same(x: jax.Array, w: jax.Array, precision: Any) -> jax.Array:
-    k = w.shape[0]
-    return jax.lax.conv_general_dilated(x, w, (1, 1), [(k // 2, k // 2)] * 2,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
-
-
-@functools.partial(jax.checkpoint, static_argnums=(2,))  # keep x, not its k * k shifted copies, for the backward pass
-def _conv_same_by_taps(x: jax.Array, w: jax.Array, precision: Any) -> jax.Array:
-    """The same convolution as a sum of k * k matmuls of shifted inputs: its transpose in w is matmuls too."""
-    k, _, _, _ = w.shape
-    _, height, width, _ = x.shape
-    pad = k // 2
-    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    return sum(jnp.einsum("nhwc,co->nhwo", padded[:, dy:dy + height, dx:dx + width], w[dy, dx], precision=precision)
-               for dy in range(k) for dx in range(k))
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _conv_same(x: jax.Array, w: jax.Array, precision: Any) -> jax.Array:
-    return _lax_conv_same(x, w, precision)
-
-
-def _conv_same_jvp(precision: Any, primals: tuple, tangents: tuple) -> tuple[jax.Array, jax.Array]:
-    # The conv is bilinear: d(x * w) = dx * w + x * dw, with x * dw written as taps. A tangent that is
-    # a symbolic zero (an input image, a frozen kernel) costs no convolution.
-    (x, w), (x_dot, w_dot) = primals, tangents
-    out = _lax_conv_same(x, w, precision)
-    terms = []
-    if not isinstance(x_dot, SymbolicZero):
-        terms.append(_lax_conv_same(x_dot, w, precision))
-    if not isinstance(w_dot, SymbolicZero):
-        terms.append(_conv_same_by_taps(x, w_dot, precision))
-    return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
-
-
-_conv_same.defjvp(_conv_same_jvp, symbolic_zeros=True)
+                   use_bias=False, dtype=dtype, kernel_init=torch_default_init, name=name)
 
 
 class ConvBlock(nn.Module):
