@@ -10,8 +10,6 @@ Pieces: `fwd` the network in training mode without gradients; `fwd+bwd` the grad
 summed loss with respect to the parameters; `augment` crop, flip and cutout of one batch;
 `opt+ema` the optimiser update and the EMA of the weights; `step` the trainer's whole step
 (train.build_programs / torch_reference.Trainer.train_step plus its augmentation).
-`--stock-convs` adds `jax-stock`: the JAX pieces with stock nn.Conv, as a GPU builds the network
-(model.conv), to compare the CPU's tap kernel gradients with XLA's own in the same window.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -152,8 +149,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3, help="alternating JAX/PyTorch rounds")
     parser.add_argument("--repeats", type=int, default=3, help="calls per piece per round (median)")
-    parser.add_argument("--stock-convs", action="store_true",
-                        help="also time JAX with stock nn.Conv (XLA's kernel gradients), as before the CPU conv change")
     parser.add_argument("--pieces", default=",".join(PIECES), help="comma-separated subset of " + ",".join(PIECES))
     args = parser.parse_args()
     recipe = presets.get_preset(args.preset).replace(**{"data.batch_size": args.batch_size})
@@ -163,12 +158,6 @@ def main() -> None:
     frameworks = {"jax": jax_pieces(recipe, args.width_mult, images, labels),
                   "torch": torch_pieces(recipe, args.width_mult, images, labels)}
     pieces = args.pieces.split(",")
-    if args.stock_convs:
-        # The network as a GPU builds it (stock nn.Conv, XLA's own kernel gradients), traced now.
-        with mock.patch.object(jax, "default_backend", lambda: "gpu"):
-            frameworks["jax-stock"] = jax_pieces(recipe, args.width_mult, images, labels)
-            for piece in pieces:
-                frameworks["jax-stock"][piece]()
     for runs in frameworks.values():  # warm-up: first calls compile and allocate
         for piece in pieces:
             runs[piece]()
@@ -182,13 +171,12 @@ def main() -> None:
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"median over {args.rounds} rounds of the median of {args.repeats} calls; ratio = jax / torch "
           f"(per round, then the median)")
-    print(f"{'piece':<9} {'jax':<9} {'jax s':>8} {'torch s':>8} {'ratio':>6}   rounds (jax/torch)")
+    print(f"{'piece':<9} {'jax s':>8} {'torch s':>8} {'ratio':>6}   rounds (jax/torch)")
     for piece in pieces:
-        for jax_name in [fw for fw in frameworks if fw != "torch"]:
-            jax_t, torch_t = times[jax_name, piece], times["torch", piece]
-            ratios = [j / t for j, t in zip(jax_t, torch_t)]
-            print(f"{piece:<9} {jax_name:<9} {statistics.median(jax_t):>8.4f} {statistics.median(torch_t):>8.4f} "
-                  f"{statistics.median(ratios):>6.2f}   " + " ".join(f"{r:.2f}" for r in ratios))
+        jax_t, torch_t = times["jax", piece], times["torch", piece]
+        ratios = [j / t for j, t in zip(jax_t, torch_t)]
+        print(f"{piece:<9} {statistics.median(jax_t):>8.4f} {statistics.median(torch_t):>8.4f} "
+              f"{statistics.median(ratios):>6.2f}   " + " ".join(f"{r:.2f}" for r in ratios))
 
 
 if __name__ == "__main__":
