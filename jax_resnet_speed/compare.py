@@ -144,7 +144,7 @@ def summarize(results: dict) -> tuple[list[dict], str]:
     rows = []
     for name, entry in results.items():
         runs = completed[name]
-        summary = report.summarize(entry["runs"])
+        summary = report.summarize(entry["runs"], target_of(entry["config"]))
         seconds = basis_seconds(runs)
         rows.append({
             "framework": name,
