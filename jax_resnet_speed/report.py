@@ -208,9 +208,9 @@ def airbench_summary_line(summary: dict, target: float) -> str:
     n, mean = summary["completed_runs"], summary["mean_accuracy"]
     interval = summary.get("ci95_accuracy")
     interval_text = f" (95% CI {interval[0]:.4f}-{interval[1]:.4f})" if interval else ""
-    verdict = "meets" if mean >= target else f"misses by {target - mean:.4f}"
+    verdict = f"meets {target:.2%}" if mean >= target else f"misses {target:.2%} by {target - mean:.4f}"
     return (f"airbench rule: mean accuracy {mean:.4f} +- {summary['std_accuracy']:.4f} over n={n} runs"
-            f"{interval_text}, {verdict} {target:.2%}; {summary['mean_train_seconds']:.2f} "
+            f"{interval_text}, {verdict}; {summary['mean_train_seconds']:.2f} "
             f"+- {summary['std_train_seconds']:.2f} s per run ({TIMING_RULES['airbench'].split(';')[0]}); "
             f"{summary['runs_reaching_target']}/{summary.get('finished_runs', n)} runs reached it alone")
 
