@@ -245,6 +245,6 @@ def test_airbench_network_shape():
     assert variables["constants"]["whitening"].shape == (2, 2, 3, 24)
     assert "scale" not in variables["params"]["layer1"]["GhostBatchNorm_0"]  # BN weights frozen at 1
     assert model.scaled_widths(AIRBENCH, 0.25) == (24, 16, 64, 64)  # the whitening stem's width stays
-    muon_net = model.for_recipe(presets.get_preset("airbench94-muon"))
+    muon_net = model.for_recipe(presets.get_preset("airbench94-muon"), width_mult=0.25)
     head = muon_net.init(jax.random.key(0), x, train=False)["params"]["classifier"]["kernel"]
     assert float(jnp.std(head)) == pytest.approx(1.0, rel=1e-5)  # airbench94_muon's head: unit std
