@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from cpu_breakdown import time_piece  # this folder is on sys.path when a script here runs
 
 # (name, spatial size, input channels, output channels, kernel) at width x1; the ResNet-9 of myrtle-final.
 LAYERS = (("prep 1x1", 32, 27, 64, 1), ("layer1", 32, 64, 128, 3), ("res1", 16, 128, 128, 3),
@@ -52,15 +50,6 @@ def weight_grad_shifted(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
     g2 = g.reshape(-1, g.shape[-1])
     taps = [xp[:, dy:dy + h, dx:dx + w].reshape(-1, c_in).T @ g2 for dy in range(k) for dx in range(k)]
     return jnp.stack(taps).reshape(k, k, c_in, g.shape[-1])
-
-
-def timed(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -107,7 +96,7 @@ def main() -> None:
                 lambda: torch_backward([True, False, False]), lambda: torch_backward([False, True, False])]
         for run in runs:
             run()
-        times = np.array([[timed(run, args.repeats) for run in runs] for _ in range(args.rounds)])
+        times = np.array([[time_piece(run, args.repeats) for run in runs] for _ in range(args.rounds)])
         medians = np.median(times, axis=0) * 1e3
         totals += medians
         ratio = np.median(times[:, 2] / times[:, 7])
