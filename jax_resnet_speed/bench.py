@@ -294,7 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cold_compile and not args.no_compile_cache:
             args.compile_cache = empty_cache
         cli.configure_compilation(args)
-        payload = bench(args, loops)
+        try:
+            payload = bench(args, loops)
+        finally:
+            if args.cold_compile:
+                compilation.enable_cache(None)  # the temporary cache folder is about to go
     print(format_table(payload))
     if args.json:
         report.write_json(args.json, payload)
