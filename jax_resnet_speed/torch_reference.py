@@ -593,8 +593,9 @@ def train_from_args(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # autotune convolutions in the warm-up, as XLA does at compile
+    # PyTorch keeps no compiled programs between processes here: every warm-up is a cold one.
     payload: dict = {"config": None, "environment": environment(device, args.compile), "compile_seconds": None,
-                     "runs": [], "summary": None}
+                     "compilation": {"cache": "no", "torch_compile": args.compile}, "runs": [], "summary": None}
     config = cli.resolve_config(args, "cpu" if device.type == "cpu" else "gpu")
     recipe = config.recipe
     try:

@@ -47,22 +47,32 @@ def hypers_of(points):
     return group.stack([optim.Hyper.of(RECIPE, *p[1:]) for p in points])
 
 
-def first_steps(programs, key, hyper, data, steps):
+def first_steps(programs, key, hyper, data, steps, with_initial=False):
     state = programs.init(key, data.train_padded, hyper)
+    initial = jax.tree_util.tree_map(np.asarray, state.params)  # the train step donates the state
     batches = programs.epoch_batches(state.rng, jnp.int32(1))
     for _ in range(steps):
         state = programs.train_step(state, data.train_padded, data.train_labels, batches)
-    return state.params
+    return (initial, state.params) if with_initial else state.params
 
 
 def test_the_first_step_of_a_group_equals_each_member_alone(data, grouped, single):
-    params = first_steps(grouped, group.keys([p[0] for p in POINTS]), hypers_of(POINTS), data, steps=1)
+    initial, params = first_steps(grouped, group.keys([p[0] for p in POINTS]), hypers_of(POINTS), data, steps=1,
+                                  with_initial=True)
     for member, point in enumerate(POINTS[:2]):  # the third only in the group: fewer compilations
         _, programs = single(point)
-        expected = first_steps(programs, jax.random.key(point[0]), programs.hyper, data, steps=1)
-        for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(expected)):
-            # vmapped convolutions sum in another order: 1e-6 of the largest weight.
-            np.testing.assert_allclose(got[member], want, atol=1e-5 * float(jnp.abs(want).max()))
+        alone_initial, expected = first_steps(programs, jax.random.key(point[0]), programs.hyper, data, steps=1,
+                                              with_initial=True)
+        for start, got, alone_start, want in zip(*map(jax.tree_util.tree_leaves, (initial, params, alone_initial,
+                                                                                  expected))):
+            np.testing.assert_array_equal(start[member], alone_start)
+            # The updates agree to 1e-2 of the largest one; another learning rate, weight decay or
+            # momentum changes them by tens of percent. Vmapped convolutions sum in another order:
+            # measured 1e-6 of the update for member 0, up to 2e-3 for member 1's first three layers
+            # on an AVX2 machine (not yet explained; a discrete choice such as a max-pool near-tie
+            # going the other way fits).
+            update, update_alone = got[member] - start[member], want - alone_start
+            np.testing.assert_allclose(update, update_alone, atol=1e-2 * float(jnp.abs(update_alone).max()))
         first_kernel = jax.tree_util.tree_leaves(expected)[0]
         for other in set(range(len(POINTS))) - {member}:
             assert not np.allclose(jax.tree_util.tree_leaves(params)[0][other], first_kernel, rtol=1e-3)
@@ -90,12 +100,15 @@ def test_a_trained_group_matches_its_members_trained_alone(data, grouped, single
         single_config, programs = single(point)
         expected = train.run(programs, data, single_config, point[0], lambda m: None, {})
         assert record["status"] == expected["status"] == "completed"
-        # Training amplifies the summation-order differences of the vmapped convolutions
-        # (first test) to about 1% in the losses of these 8-step runs.
+        # Training amplifies the summation-order differences of the vmapped convolutions (first
+        # test) to under 1% in the losses of these 8-step runs. Not the test accuracy: these barely
+        # trained nets put many test images on a decision boundary (measured 0.507 against 0.420
+        # at losses within 0.4%).
         for got, want in zip(record["epochs"], expected["epochs"], strict=True):
             assert got["lr"] == pytest.approx(want["lr"], rel=1e-6)
             assert got["train_loss"] == pytest.approx(want["train_loss"], rel=2e-2)
-            assert got["test_accuracy"] == pytest.approx(want["test_accuracy"], abs=0.05)
+            assert got["test_loss"] == pytest.approx(want["test_loss"], rel=2e-2)
+            assert got["train_accuracy"] == pytest.approx(want["train_accuracy"], abs=0.02)
 
 
 def test_a_diverging_member_is_marked_while_the_others_finish(data, grouped):

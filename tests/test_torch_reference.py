@@ -228,6 +228,7 @@ def test_writes_every_key_the_jax_trainer_writes(tiny_npz, tmp_path, capsys):
     assert run["status"] == "completed" and 0 <= run["final_accuracy"] <= 1
     assert run["final_accuracy"] == run["epochs"][-1]["tta_accuracy"]  # myrtle-final reports TTA
     assert torch_payload["compile_seconds"] > 0
+    assert torch_payload["compilation"] == {"cache": "no", "torch_compile": False}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -48,9 +48,12 @@ def test_test_set_is_padded_into_whole_batches_with_masked_labels():
     assert data.train_padded.shape == (600, 40, 40, 3)
 
 
-@pytest.mark.parametrize("preset", ["myrtle-resnet9", "myrtle-final"])
-def test_tiny_run_learns_far_above_chance(preset, learnable_data):
-    config = tiny(preset, epochs=8)
+# myrtle-final at batch 64: at 128 its 8 steps an epoch leave the EMA and the batch-norm statistics
+# that evaluation reads behind the live weights (seed 0: 0.38 test accuracy at 0.95 train accuracy);
+# at 64 seeds 0-2 reach 0.88-1.0.
+@pytest.mark.parametrize("preset,batch_size", [("myrtle-resnet9", 128), ("myrtle-final", 64)])
+def test_tiny_run_learns_far_above_chance(preset, batch_size, learnable_data):
+    config = tiny(preset, epochs=8, **{"data.batch_size": batch_size})
     programs, data = compiled(config, learnable_data)
     epochs = []
     record = train.run(programs, data, config, seed=0, on_epoch=epochs.append, record={})
