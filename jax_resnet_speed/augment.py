@@ -36,6 +36,19 @@ def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
     return jnp.where(flip, images[:, :, ::-1, :], images)
 
 
+# The fold_in tag of the alternating flip's stream: far beyond any step number, which tags the
+# per-step augmentation streams.
+FLIP_STREAM = 2**31 - 1
+
+
+def alternating_flip(key: jax.Array, images: jax.Array, idx: jax.Array, epoch: jax.Array) -> jax.Array:
+    """airbench's flip: image i (of the training set) is mirrored by its own coin (`key`, i),
+    negated on odd epochs, so each image is seen both ways in every two epochs."""
+    coins = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i)))(idx)
+    flip = coins ^ (epoch % 2 == 1)
+    return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
+
+
 def cutout(key: jax.Array, images: jax.Array, size: int) -> jax.Array:
     """Zero one `size` x `size` square per image, placed wholly inside the image."""
     batch, height, width, _ = images.shape

@@ -30,8 +30,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, preset: bool = True) -> N
                             help="recipe to train (see --list-presets)")
         parser.add_argument("--list-presets", action="store_true", help="list the recipes and exit")
     add_data_arguments(parser)
-    parser.add_argument("--epochs", type=int, help="training epochs (default: the preset's); "
-                        "the lr schedule stretches to fit")
+    parser.add_argument("--epochs", type=epochs_type, help="training epochs, may be fractional (default: the "
+                        "preset's); the lr schedule stretches to fit")
     parser.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
     parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"),
                         help="compute precision; parameters and BN statistics stay fp32 "
@@ -74,6 +74,12 @@ def compilation_section(args: argparse.Namespace) -> dict:
     """The `compilation` section of the JSON; prepare_runs adds whether the compile was cold or warm."""
     return {"cache": None, "cache_dir": None if args.no_compile_cache else args.compile_cache,
             "xla_preset": args.xla_preset, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def epochs_type(text: str) -> int | float:
+    """A run length in epochs: an int when whole (as the Myrtle presets write it), else a float (9.9)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -216,7 +222,7 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
         log = tensorboard_log.EpochLog(args.tensorboard)
 
     def checkpoint() -> None:
-        payload["summary"] = report.summarize(payload["runs"])
+        payload["summary"] = report.summarize(payload["runs"], target)
         if on_checkpoint is not None:
             on_checkpoint()
 
@@ -310,6 +316,13 @@ def run_groups(args: argparse.Namespace, payload: dict, target: float, run_group
     return exit_code
 
 
+def timing_line(recipe) -> str:
+    """Which timing rule the recipe's runs are clocked under (report.TIMING_RULES)."""
+    from jax_resnet_speed import report
+
+    return f"timing: {recipe.timing.rule} rule ({report.TIMING_RULES[recipe.timing.rule]})"
+
+
 def train_from_args(args: argparse.Namespace) -> int:
     """Load, compile once, run --runs times, print the table and write the JSON."""
     import jax
@@ -329,6 +342,7 @@ def train_from_args(args: argparse.Namespace) -> int:
     print(f"{recipe.name}: {recipe.description}")
     print(f"{env['device_kind']} ({env['backend']}), jax {env['jax']}, {config.precision}, width x{config.width_mult}, "
           f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images ({dataset.source_kind})")
+    print(timing_line(recipe))
 
     args.parallel = min(args.parallel, args.runs)
 

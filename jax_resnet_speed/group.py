@@ -92,9 +92,9 @@ def run(programs: train.Programs, data: train.DeviceData, config: train.RunConfi
     state = jax.block_until_ready(programs.init(keys(seeds), data.train_padded, stack(hypers)))
     lr_scales = np.asarray(state.hyper.lr_scale)
     train_seconds, previous_totals = 0.0, np.zeros((len(seeds), 3))
-    for epoch in range(1, recipe.epochs + 1):
+    for epoch, steps in enumerate(train.epoch_steps(recipe, programs.steps_per_epoch), 1):
         start = time.perf_counter()
-        state = train.train_epoch(programs, data, state, epoch)
+        state = train.train_epoch(programs, data, state, epoch, steps)
         totals = np.asarray(jax.device_get(state.totals))  # waits for the device
         epoch_seconds = time.perf_counter() - start
         train_seconds += epoch_seconds
@@ -104,7 +104,7 @@ def run(programs: train.Programs, data: train.DeviceData, config: train.RunConfi
                                                              data.test_labels)))
         eval_seconds = time.perf_counter() - eval_start
 
-        lr = float(programs.schedule(epoch * programs.steps_per_epoch))
+        lr = float(programs.schedule((epoch - 1) * programs.steps_per_epoch + steps))
         for member, record in enumerate(records):
             if record["status"] != "running":
                 continue

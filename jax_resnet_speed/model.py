@@ -74,13 +74,28 @@ def batch_norm(spec: NetworkSpec, train: bool, dtype: Any, name: str | None = No
 
 
 def activation(spec: NetworkSpec, x: jax.Array) -> jax.Array:
+    if spec.activation == "gelu":
+        return jax.nn.gelu(x, approximate=False)
     return jax.nn.celu(x, spec.celu_alpha) if spec.activation == "celu" else jax.nn.relu(x)
 
 
-def conv(features: int, kernel: int, stride: int, dtype: Any, name: str | None = None) -> nn.Conv:
+def dirac_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """PyTorch's default draw, then the first min(C_in, C_out) filters made the identity (HWIO)."""
+    kh, kw, c_in, c_out = shape
+    kernel = torch_default_init(key, shape, dtype)
+    n = min(c_in, c_out)
+    identity = jnp.zeros((kh, kw, c_in, n), dtype).at[kh // 2, kw // 2, jnp.arange(n), jnp.arange(n)].set(1)
+    return kernel.at[..., :n].set(identity)
+
+
+CONV_INITS = {"torch": torch_default_init, "dirac": dirac_init}
+
+
+def conv(features: int, kernel: int, stride: int, dtype: Any, name: str | None = None,
+         init: str = "torch") -> nn.Conv:
     # Symmetric padding k // 2, as PyTorch pads: "SAME" would pad a stride-2 conv on one side only.
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(kernel // 2, kernel // 2)] * 2,
-                   use_bias=False, dtype=dtype, kernel_init=torch_default_init, name=name)
+                   use_bias=False, dtype=dtype, kernel_init=CONV_INITS[init], name=name)
 
 
 class ConvBlock(nn.Module):
@@ -96,7 +111,7 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         s = self.spec
-        x = conv(self.features, self.kernel, self.stride, self.dtype)(x)
+        x = conv(self.features, self.kernel, self.stride, self.dtype, init=s.conv_init)(x)
         # Pooling before BN (Myrtle post 8) normalises 4x fewer activations.
         if self.pool and s.pool_before_bn:
             x = nn.max_pool(x, (2, 2), (2, 2))
@@ -149,8 +164,9 @@ class PreActBlock(nn.Module):
 class Network(nn.Module):
     """Every network of the series, built from its shape (presets.Network); the default is ResNet-9.
 
-    Names: the stem is `prep`; stage i's post-activation conv is `layer{i}` and its residual
-    blocks `res{i}`, `res{i}_2`, ...; its pre-activation blocks are `layer{i}_1`, `layer{i}_2`,
+    Names: the stem is `prep` (airbench's whitening stem: the constant `whitening` and the
+    parameter `whitening_bias`); stage i's post-activation conv is `layer{i}`, its further conv
+    units `layer{i}_conv2`, ..., and its residual blocks `res{i}`, `res{i}_2`, ...; its pre-activation blocks are `layer{i}_1`, `layer{i}_2`,
     ...; the head is `classifier`.
     """
 
@@ -171,6 +187,14 @@ class Network(nn.Module):
                 x, filters.value.astype(dtype), (1, 1), "SAME",
                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
             x = ConvBlock(stem_width, s, dtype, kernel=1, name="prep")(x, train)
+        elif s.stem == "whitening-bias":
+            # airbench: frozen whitening filters and their negations (so the activation after them
+            # loses no direction), unpadded, plus a bias that trains for the first epochs only.
+            filters = self.variable("constants", "whitening", jnp.zeros, whitening_shape(s), jnp.float32)
+            x = jax.lax.conv_general_dilated(
+                x, filters.value.astype(dtype), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            bias = self.param("whitening_bias", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+            x = activation(s, x + bias.astype(dtype)).astype(dtype)
         elif s.stem_bn:
             x = ConvBlock(stem_width, s, dtype, name="prep")(x, train)
         else:
@@ -185,13 +209,16 @@ class Network(nn.Module):
             stride = 2 if downsamples and not pool else 1
             kernel = 1 if s.downsample == "conv1x1" else 3
             x = ConvBlock(width, s, dtype, pool=pool, kernel=kernel, stride=stride, name=f"layer{i}")(x, train)
+            for j in range(2, s.stage_convs + 1):
+                x = ConvBlock(width, s, dtype, name=f"layer{i}_conv{j}")(x, train)
             for j in range(blocks):
                 x = Residual(width, s, dtype, name=f"res{i}" if j == 0 else f"res{i}_{j + 1}")(x, train)
         features = jnp.max(x, axis=(1, 2))
         if s.pool == "avg+max":
             features = jnp.concatenate([jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(dtype), features], -1)
         bound = 1 / np.sqrt(features.shape[-1])  # PyTorch's bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-        x = nn.Dense(self.num_classes, use_bias=s.head_bias, dtype=dtype, kernel_init=torch_default_init,
+        head_init = unit_std(torch_default_init) if s.head_init == "unit-std" else torch_default_init
+        x = nn.Dense(self.num_classes, use_bias=s.head_bias, dtype=dtype, kernel_init=head_init,
                      bias_init=uniform_init(bound), name="classifier")(features)
         return x.astype(jnp.float32) * s.logit_scale
 
@@ -209,32 +236,58 @@ def uniform_init(bound: float) -> Callable:
     return init
 
 
+def unit_std(init: Callable) -> Callable:
+    """`init`'s draw divided by its own standard deviation."""
+    def scaled(key, shape, dtype=jnp.float32):
+        value = init(key, shape, dtype)
+        return value / jnp.std(value)
+
+    return scaled
+
+
 def scaled_widths(spec: NetworkSpec, width_mult: float) -> tuple[int, ...]:
-    return tuple(max(1, round(w * width_mult)) for w in spec.widths)
+    """Every width x width_mult; airbench's whitening stem keeps its width, set by its patch size."""
+    widths = tuple(max(1, round(w * width_mult)) for w in spec.widths)
+    return (spec.widths[0], *widths[1:]) if spec.stem == "whitening-bias" else widths
 
 
-def patch_whitening_filters(images: jax.Array, eps: float) -> jax.Array:
-    """3x3x3 -> 27 conv filters that whiten 3x3 image patches (HWIO, float32).
+def whitening_shape(spec: NetworkSpec) -> tuple[int, int, int, int]:
+    """HWIO shape of the frozen whitening filters: one per patch dimension, and their negations for airbench's."""
+    k = spec.whitening_kernel
+    return (k, k, 3, (2 if spec.stem == "whitening-bias" else 1) * k * k * 3)
+
+
+def whitening_filters(spec: NetworkSpec, images: jax.Array) -> jax.Array:
+    """The stem's frozen filters from normalised NHWC training images (the recipe's first few thousand)."""
+    filters = patch_whitening_filters(images, spec.whitening_eps, spec.whitening_kernel)
+    return jnp.concatenate([filters, -filters], axis=-1) if spec.stem == "whitening-bias" else filters
+
+
+def patch_whitening_filters(images: jax.Array, eps: float, kernel: int = 3) -> jax.Array:
+    """k x k x 3 -> 3 k k conv filters that whiten k x k image patches (HWIO, float32).
 
     Rows of the filter bank are the eigenvectors of the patch covariance, each scaled by
     1/sqrt(eigenvalue + eps), so the covariance of the outputs is diag(l / (l + eps)):
     about the identity for every direction with variance well above eps. As in Page's code
-    (and airbench's) the covariance is X^T X / (n - 1) of the raw patches, not re-centred:
-    the images are already normalised to zero mean per channel.
+    (and airbench's) the covariance is of the raw patches, not re-centred: the images are
+    already normalised to zero mean per channel. It is X^T X / (n - 1); airbench divides by n,
+    a relative difference of 1/n (2e-7 for its 4.8 million patches).
     """
-    patches = extract_patches(images.astype(jnp.float32))
+    patches = extract_patches(images.astype(jnp.float32), kernel)
+    dims = patches.shape[1]
     covariance = patches.T @ patches / (patches.shape[0] - 1)
     eigenvalues, eigenvectors = jnp.linalg.eigh(covariance)
     eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]  # largest first
-    bank = eigenvectors.T / jnp.sqrt(eigenvalues + eps)[:, None]  # (27 out, 27 patch)
-    return bank.reshape(27, 3, 3, 3).transpose(1, 2, 3, 0)
+    bank = eigenvectors.T / jnp.sqrt(eigenvalues + eps)[:, None]  # (dims out, dims patch)
+    return bank.reshape(dims, kernel, kernel, 3).transpose(1, 2, 3, 0)
 
 
-def extract_patches(images: jax.Array) -> jax.Array:
-    """Every valid 3x3 patch of NHWC images, flattened in (kh, kw, c) order: (P, 27)."""
+def extract_patches(images: jax.Array, kernel: int = 3) -> jax.Array:
+    """Every valid k x k patch of NHWC images, flattened in (kh, kw, c) order: (P, k k c)."""
     n, h, w, c = images.shape
-    rows = [images[:, dy:h - 2 + dy, dx:w - 2 + dx, :] for dy in range(3) for dx in range(3)]
-    return jnp.stack(rows, axis=3).reshape(-1, 9 * c)
+    k = kernel
+    rows = [images[:, dy:h - k + 1 + dy, dx:w - k + 1 + dx, :] for dy in range(k) for dx in range(k)]
+    return jnp.stack(rows, axis=3).reshape(-1, k * k * c)
 
 
 def count_params(params: Any) -> int:

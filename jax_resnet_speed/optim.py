@@ -1,7 +1,8 @@
-"""Optimiser pieces: lr schedule, SGD with per-group multipliers, loss, EMA, loss scaling."""
+"""Optimiser pieces: lr schedule, SGD with per-group multipliers (and Muon), loss, EMA, lookahead, loss scaling."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jax_resnet_speed import muon as muon_lib
 from jax_resnet_speed.presets import Recipe
 
 
@@ -23,13 +25,19 @@ def lr_schedule(recipe: Recipe, steps_per_epoch: int) -> optax.Schedule:
     return schedule
 
 
-def param_groups(params: Any) -> Any:
+def param_groups(params: Any, muon: bool = False) -> Any:
     """'bn_bias' for BatchNorm biases, 'weights' for the rest: kernels, BN scales and the head's bias.
 
     Convolutions have no biases, so every bias outside the `classifier` head is a BN bias.
+    airbench's whitening stem has its own group, 'whitening_bias'; with `muon` the conv
+    filters (the 4-D kernels) are 'filters'.
     """
-    def label(path, _):
-        return "bn_bias" if path[-1].key == "bias" and path[-2].key != "classifier" else "weights"
+    def label(path, leaf):
+        if path[-1].key == "whitening_bias":
+            return "whitening_bias"
+        if path[-1].key == "bias" and path[-2].key != "classifier":
+            return "bn_bias"
+        return "filters" if muon and leaf.ndim == 4 else "weights"
 
     return jax.tree_util.tree_map_with_path(label, params)
 
@@ -73,24 +81,45 @@ class Hyper(NamedTuple):
 
 
 def make_optimizer(recipe: Recipe, schedule: optax.Schedule, batch_size: int,
-                   hyper: Hyper | None = None) -> optax.GradientTransformation:
+                   hyper: Hyper | None = None, steps_per_epoch: int | None = None) -> optax.GradientTransformation:
     """SGD with Nesterov momentum and coupled weight decay, on a loss summed over the batch.
 
     BN biases get lr x bn_bias_lr_mult and wd x bn_bias_wd_mult. `hyper` (default: the
     recipe's) may hold traced values; the optimiser state does not depend on them.
+    airbench's whitening bias is a group of its own (its schedule needs `steps_per_epoch`), and
+    a recipe with muon_lr trains the conv filters with Muon (muon.py).
     """
     o = recipe.optimiser
     if hyper is None:
         hyper = Hyper.of(recipe)
 
-    def sgd(lr_mult: float, wd_mult: float) -> optax.GradientTransformation:
-        return nesterov_sgd(lambda step: schedule(step) * hyper.lr_scale * lr_mult / batch_size,
+    def sgd(lr_mult: float, wd_mult: float, lr: optax.Schedule = schedule) -> optax.GradientTransformation:
+        return nesterov_sgd(lambda step: lr(step) * hyper.lr_scale * lr_mult / batch_size,
                             hyper.weight_decay * batch_size * wd_mult, hyper.momentum, o.nesterov, o.update)
 
-    return optax.multi_transform(
-        {"weights": sgd(1.0, 1.0), "bn_bias": sgd(o.bn_bias_lr_mult, o.bn_bias_wd_mult)},
-        param_groups,
-    )
+    groups = {"weights": sgd(1.0, 1.0), "bn_bias": sgd(o.bn_bias_lr_mult, o.bn_bias_wd_mult)}
+    if recipe.network.stem == "whitening-bias":
+        groups["whitening_bias"] = sgd(o.whitening_bias_lr_mult, o.whitening_bias_wd_mult,
+                                       whitening_bias_schedule(recipe, schedule, steps_per_epoch))
+    if o.muon_lr:
+        # Muon's lr follows the shape of the run's schedule, from muon_lr at its peak.
+        peak = max(lr for _, lr in o.lr_knots)
+        groups["filters"] = muon_lib.muon(lambda step: o.muon_lr * hyper.lr_scale * schedule(step) / peak,
+                                          o.muon_momentum, o.muon_nesterov, o.muon_ns_steps, o.muon_ns_dtype)
+    return optax.multi_transform(groups, lambda params: param_groups(params, muon=bool(o.muon_lr)))
+
+
+def whitening_bias_schedule(recipe: Recipe, schedule: optax.Schedule, steps_per_epoch: int) -> optax.Schedule:
+    """The whitening bias's lr: it trains for the first whitening_bias_epochs only, the run's lr
+    until then ("cut", airbench94) or the run's initial lr decaying linearly to 0 ("linear",
+    airbench94_muon). Past them the lr is 0, which with coupled decay freezes the bias exactly."""
+    o = recipe.optimiser
+    steps = math.ceil(o.whitening_bias_epochs * steps_per_epoch)
+    if o.whitening_bias_decay == "cut":
+        return lambda step: jnp.where(step < steps, schedule(step), 0.0)
+    if o.whitening_bias_decay == "linear":
+        return lambda step: schedule(0) * jnp.clip(1 - step / steps, 0.0, 1.0)
+    raise ValueError(f"unknown whitening bias decay {o.whitening_bias_decay!r}; use 'cut' or 'linear'")
 
 
 def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
@@ -114,6 +143,24 @@ def ema_update(ema: Any, live: Any, step: jax.Array, momentum: float, every: int
     updates = step // every + 1  # k: this is the k-th update when step % every == 0
     mix = jnp.where(step % every == 0, (1 - rho) / (1 - rho ** updates.astype(jnp.float32)), 0.0)
     return jax.tree_util.tree_map(lambda e, p: e + mix * (p - e), ema, live)
+
+
+def lookahead_alpha(done: jax.Array, total: int, decay: float, every: int) -> jax.Array:
+    """airbench94's lookahead rate after step `done` of `total`: decay ** every x (done / total) ** 3.
+
+    Near 0 early on (the slow copy follows the live weights), rising to decay ** every at the end."""
+    return decay ** every * (done / total) ** 3
+
+
+def lookahead_update(slow: Any, live: Any, done: jax.Array, total: int, decay: float, every: int) -> tuple[Any, Any]:
+    """After step `done` (counted from 1): every `every` steps, slow <- alpha slow + (1 - alpha) live
+    and the live weights restart from it; after the last step the live weights become the slow ones.
+    Returns (slow, live)."""
+    due = done % every == 0
+    mix = jnp.where(due, 1 - lookahead_alpha(done, total, decay, every), 0.0)
+    slow = jax.tree_util.tree_map(lambda s, p: s + mix * (p - s), slow, live)
+    reset = due | (done >= total)
+    return slow, jax.tree_util.tree_map(lambda s, p: jnp.where(reset, s, p), slow, live)
 
 
 class LossScale(NamedTuple):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
 import platform
 import sys
 import time
@@ -88,12 +89,18 @@ class GhostBatchNorm(nn.Module):
 
 
 def activation(spec: NetworkSpec) -> nn.Module:
+    if spec.activation == "gelu":
+        return nn.GELU()
     return nn.CELU(spec.celu_alpha) if spec.activation == "celu" else nn.ReLU()
 
 
-def conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Conv2d:
-    """A bias-free conv padded k // 2 on every side (model.conv)."""
-    return nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False)
+def conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1, init: str = "torch") -> nn.Conv2d:
+    """A bias-free conv padded k // 2 on every side (model.conv); "dirac": the first C_in filters the identity."""
+    layer = nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False)
+    if init == "dirac":
+        with torch.no_grad():
+            nn.init.dirac_(layer.weight[:in_channels])
+    return layer
 
 
 class ConvBlock(nn.Module):
@@ -102,7 +109,7 @@ class ConvBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, spec: NetworkSpec, dtype: torch.dtype,
                  pool: bool = False, kernel: int = 3, stride: int = 1):
         super().__init__()
-        self.conv = conv(in_channels, out_channels, kernel, stride)
+        self.conv = conv(in_channels, out_channels, kernel, stride, spec.conv_init)
         self.bn = GhostBatchNorm(out_channels, spec, dtype)
         self.act = activation(spec)
         self.pool_first = pool and spec.pool_before_bn
@@ -170,10 +177,16 @@ class Network(nn.Module):
                  whitening: np.ndarray | None, num_classes: int = 10):
         super().__init__()
         stem_width, *stage_widths = widths
+        self.spec = spec
         if spec.stem == "whitening":
             # Frozen (27, 3, 3, 3) filters: a buffer, so neither trained nor averaged.
             self.register_buffer("whitening", torch.as_tensor(whitening, dtype=torch.float32))
             self.prep = ConvBlock(27, stem_width, spec, dtype, kernel=1)
+        elif spec.stem == "whitening-bias":
+            # airbench: frozen (24, 3, 2, 2) filters and their negations, unpadded, and a learnable bias.
+            self.register_buffer("whitening", torch.as_tensor(whitening, dtype=torch.float32))
+            self.whitening_bias = nn.Parameter(torch.zeros(stem_width))
+            self.prep = activation(spec)
         else:
             self.register_buffer("whitening", None)
             self.prep = ConvBlock(3, stem_width, spec, dtype) if spec.stem_bn else conv(3, stem_width, 3)
@@ -191,12 +204,17 @@ class Network(nn.Module):
             kernel = 1 if spec.downsample == "conv1x1" else 3
             self._add(f"layer{i}", ConvBlock(channels, width, spec, dtype, pool=pool, kernel=kernel, stride=stride))
             channels = width
+            for j in range(2, spec.stage_convs + 1):
+                self._add(f"layer{i}_conv{j}", ConvBlock(width, width, spec, dtype))
             for j in range(blocks):
                 self._add(f"res{i}" if j == 0 else f"res{i}_{j + 1}", Residual(width, spec, dtype))
         self.avg_and_max = spec.pool == "avg+max"
         features = 2 * channels if self.avg_and_max else channels
         # PyTorch's default init is model.py's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the weight and the bias.
         self.classifier = nn.Linear(features, num_classes, bias=spec.head_bias)
+        if spec.head_init == "unit-std":
+            with torch.no_grad():
+                self.classifier.weight /= self.classifier.weight.std(correction=0)
         self.logit_scale = spec.logit_scale
         self.dtype = dtype
 
@@ -205,7 +223,9 @@ class Network(nn.Module):
         self.body.append(name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.whitening is not None:
+        if self.spec.stem == "whitening-bias":
+            x = F.conv2d(x, self.whitening.to(x.dtype), self.whitening_bias.to(x.dtype))
+        elif self.whitening is not None:
             x = F.conv2d(x, self.whitening, padding=1)
         x = self.prep(x)
         for name in self.body:
@@ -241,10 +261,27 @@ def patch_whitening_filters(images: np.ndarray, eps: float, chunk: int = 500) ->
 def whitening_filters(dataset: Dataset, recipe: Recipe) -> np.ndarray | None:
     """The recipe's frozen whitening filters from the first training images, normalised as on the device."""
     spec = recipe.network
-    if spec.stem != "whitening":
+    if spec.stem not in ("whitening", "whitening-bias"):
         return None
     sample = dataset.train_images[:spec.whitening_images].astype(np.float32) / 255.0
+    if spec.stem == "whitening-bias":
+        images = torch.from_numpy((sample - dataset.mean) / dataset.std).permute(0, 3, 1, 2)
+        return airbench_whitening(images, spec).numpy()
     return patch_whitening_filters((sample - dataset.mean) / dataset.std, spec.whitening_eps)
+
+
+def airbench_whitening(images: torch.Tensor, spec: NetworkSpec) -> torch.Tensor:
+    """model.whitening_filters for airbench's stem, on the images' device: normalised NCHW images ->
+    (2 k k 3, 3, k, k) OIHW filters, the eigen-filters of the (not re-centred) k x k patch
+    covariance and their negations. Each pair may come out swapped relative to JAX's (eigenvectors
+    have no sign); the bias after them starts at zero, so that does not matter."""
+    k = spec.whitening_kernel
+    patches = F.unfold(images.float(), k).transpose(1, 2).reshape(-1, 3 * k * k)  # (c, kh, kw) order
+    covariance = patches.T @ patches / (len(patches) - 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    bank = eigenvectors.T.flip(0) / torch.sqrt(eigenvalues.flip(0) + spec.whitening_eps)[:, None]  # largest first
+    filters = bank.reshape(-1, 3, k, k)
+    return torch.cat([filters, -filters])
 
 
 def _patches(images: np.ndarray) -> np.ndarray:
@@ -292,8 +329,13 @@ def put_on_device(dataset: Dataset, recipe: Recipe, dtype: torch.dtype, device: 
 
 
 def augment(padded: torch.Tensor, idx: torch.Tensor, aug: Data, generator: torch.Generator,
-            memory_format: torch.memory_format) -> torch.Tensor:
-    """A random crop of each indexed image, then a random flip, then cutout: Myrtle's order (`recipe.data`)."""
+            memory_format: torch.memory_format, flip_coins: torch.Tensor | None = None,
+            epoch: int = 0) -> torch.Tensor:
+    """A random crop of each indexed image, then a random flip, then cutout: Myrtle's order (`recipe.data`).
+
+    With alternating flip (augment.alternating_flip) image i is mirrored when flip_coins[i],
+    its one coin for the run, differs from the parity of the (0-based) epoch.
+    """
     batch, device = len(idx), padded.device
 
     def randint(high: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -305,7 +347,10 @@ def augment(padded: torch.Tensor, idx: torch.Tensor, aug: Data, generator: torch
     cols = (randint(window, (batch, 1)) + offsets)[:, None, :]
     # Advanced indices split by the channel slice put the indexed dims first: (B, 32, 32, C).
     x = padded[idx[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
-    if aug.flip:
+    if aug.alternating_flip:
+        flip = (flip_coins[idx] ^ bool(epoch % 2)).view(-1, 1, 1, 1)
+        x = torch.where(flip, x.flip(3), x)
+    elif aug.flip:
         flip = torch.rand((batch, 1, 1, 1), generator=generator, device=device) < 0.5
         x = torch.where(flip, x.flip(3), x)
     if aug.cutout:
@@ -360,29 +405,121 @@ class PageSGD(torch.optim.Optimizer):
         return None
 
 
+def newton_schulz(matrix: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
+    """muon.newton_schulz: the quintic iteration towards U V^T, in `dtype`, on the wide side."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = matrix.to(dtype)
+    x = x / (x.norm() + 1e-7)
+    tall = matrix.shape[0] > matrix.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(matrix.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """muon.muon for OIHW conv filters: buf = m buf + g; d = g + m buf (Nesterov); each filter bank
+    renormalised to norm sqrt(C_out), then w -= lr NS(d as C_out x (C_in k k))."""
+
+    def __init__(self, params, lr: float, momentum: float, nesterov: bool, ns_steps: int, ns_dtype: torch.dtype):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "nesterov": nesterov, "ns_steps": ns_steps,
+                                  "ns_dtype": ns_dtype})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            m = group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"].mul_(m).add_(p.grad)
+                direction = p.grad.add(buf, alpha=m) if group["nesterov"] else buf
+                p.mul_(len(p) ** 0.5 / p.norm())
+                update = newton_schulz(direction.reshape(len(p), -1), group["ns_steps"], group["ns_dtype"])
+                p.add_(update.view_as(p), alpha=-group["lr"])
+        return None
+
+
 def is_bn_bias(name: str) -> bool:
     """optim.param_groups: convolutions have no biases, so every bias outside the `classifier` head is a BN bias."""
     return name.endswith(".bias") and not name.startswith("classifier.")
 
 
-def make_optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def make_optimizer(net: nn.Module, recipe: Recipe, steps_per_epoch: int = 1) -> torch.optim.Optimizer:
     """SGD, Nesterov, coupled weight decay on a summed loss (optim.make_optimizer), in the recipe's update form.
 
-    "torch": torch.optim.SGD; "page": PageSGD. Two groups: weights (kernels, BN scales, the
-    head's bias) and BN biases (lr x bn_bias_lr_mult, wd x bn_bias_wd_mult). Each group keeps
-    its lr multiplier; the trainer sets lr = schedule * lr_mult / batch_size before each step.
+    "torch": torch.optim.SGD; "page": PageSGD. Groups: weights (kernels, BN scales, the head's
+    bias), BN biases (lr x bn_bias_lr_mult, wd x bn_bias_wd_mult) and airbench's whitening bias
+    (its own multipliers and schedule); the conv filters are left to Muon when the recipe uses it
+    (make_muon). Each group keeps its lr multiplier and schedule; the trainer sets
+    lr = schedule(step) * lr_mult / batch_size before each step.
     """
     o = recipe.optimiser
     wd = o.weight_decay * recipe.data.batch_size
-    named = list(net.named_parameters())
-    groups = [{"params": [p for name, p in named if not is_bn_bias(name)], "weight_decay": wd, "lr_mult": 1.0},
+    schedule = lr_schedule(recipe, steps_per_epoch)
+    named = [(name, p) for name, p in net.named_parameters() if not (o.muon_lr and p.ndim == 4)]
+    groups = [{"params": [p for name, p in named if not is_bn_bias(name) and name != "whitening_bias"],
+               "weight_decay": wd, "lr_mult": 1.0, "schedule": schedule},
               {"params": [p for name, p in named if is_bn_bias(name)], "weight_decay": wd * o.bn_bias_wd_mult,
-               "lr_mult": o.bn_bias_lr_mult}]
+               "lr_mult": o.bn_bias_lr_mult, "schedule": schedule}]
+    if recipe.network.stem == "whitening-bias":
+        groups.append({"params": [net.whitening_bias], "weight_decay": wd * o.whitening_bias_wd_mult,
+                       "lr_mult": o.whitening_bias_lr_mult,
+                       "schedule": whitening_bias_schedule(recipe, schedule, steps_per_epoch)})
     if o.update == "torch":
         return torch.optim.SGD(groups, lr=0.0, momentum=o.momentum, nesterov=o.nesterov)
     if o.update == "page":
         return PageSGD(groups, lr=0.0, momentum=o.momentum, nesterov=o.nesterov)
     raise ValueError(f"unknown update form {o.update!r}; use 'torch' or 'page'")
+
+
+def whitening_bias_schedule(recipe: Recipe, schedule: Callable[[int], float],
+                            steps_per_epoch: int) -> Callable[[int], float]:
+    """optim.whitening_bias_schedule: the run's lr until whitening_bias_epochs ("cut"), or its
+    initial lr decaying linearly to 0 by then ("linear"); 0 after."""
+    o = recipe.optimiser
+    steps = math.ceil(o.whitening_bias_epochs * steps_per_epoch)
+    if o.whitening_bias_decay == "cut":
+        return lambda step: schedule(step) if step < steps else 0.0
+    return lambda step: schedule(0) * min(max(1 - step / steps, 0.0), 1.0)
+
+
+def make_muon(net: nn.Module, recipe: Recipe, steps_per_epoch: int = 1) -> Muon | None:
+    """Muon on the 4-D conv filters when the recipe asks for it, its lr following the schedule's shape."""
+    o = recipe.optimiser
+    if not o.muon_lr:
+        return None
+    schedule, peak = lr_schedule(recipe, steps_per_epoch), max(lr for _, lr in o.lr_knots)
+    filters = [p for p in net.parameters() if p.ndim == 4]
+    muon = Muon([{"params": filters, "lr_mult": o.muon_lr / peak * recipe.data.batch_size, "schedule": schedule}],
+                lr=0.0, momentum=o.muon_momentum, nesterov=o.muon_nesterov, ns_steps=o.muon_ns_steps,
+                ns_dtype=DTYPES[o.muon_ns_dtype])
+    return muon
+
+
+def averaged_named(net: nn.Module) -> dict[str, torch.Tensor]:
+    """averaged_tensors by name: what lookahead's slow copy covers."""
+    return {**dict(net.named_parameters()), **{n: b for n, b in net.named_buffers() if n != "whitening"}}
+
+
+@torch.no_grad()
+def lookahead_update(slow: dict[str, torch.Tensor], live: dict[str, torch.Tensor], done: int, total: int,
+                     decay: float, every: int) -> None:
+    """optim.lookahead_update in place: after step `done`, every `every` steps slow <- alpha slow +
+    (1 - alpha) live and live <- slow; after the last step live <- slow."""
+    due = done % every == 0
+    if due:
+        alpha = decay ** every * (done / total) ** 3
+        for name, s in slow.items():
+            s.lerp_(live[name], 1 - alpha)
+    if due or done >= total:
+        for name, s in slow.items():
+            live[name].copy_(s)
 
 
 def averaged_tensors(net: nn.Module) -> list[torch.Tensor]:
@@ -424,7 +561,8 @@ class Trainer:
         # Page's update form reads the schedule one step ahead (optim.nesterov_sgd).
         self.schedule_offset = 1 if recipe.optimiser.update == "page" else 0
         # The EMA horizon stretches with the run's length, as in train.build_programs.
-        self.ema_momentum = (recipe.ema_momentum_per_step(steps_per_epoch * recipe.epochs)
+        self.run_steps = recipe.run_steps(steps_per_epoch)
+        self.ema_momentum = (recipe.ema_momentum_per_step(self.run_steps)
                              if recipe.optimiser.ema_momentum else None)
         self.model = self._fresh_model(seed=0)
         self.ema_model = (copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -444,10 +582,15 @@ class Trainer:
         self.model.train()
         if self.ema_model is not None:
             self.ema_model.load_state_dict(self.model.state_dict())
-        self.optimizer = make_optimizer(self.model, self.recipe)
+        self.optimizer = make_optimizer(self.model, self.recipe, self.steps_per_epoch)
+        self.muon = make_muon(self.model, self.recipe, self.steps_per_epoch)
+        # Lookahead's slow copy starts as the initial weights (train.build_programs' init).
+        self.slow = ({name: t.detach().clone() for name, t in averaged_named(self.model).items()}
+                     if self.recipe.optimiser.lookahead_every else None)
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0 ** 15, growth_interval=1000,
                                            enabled=self.config.precision == "fp16")
         self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.flip_coins = None  # drawn by the first epoch of a recipe with alternating flip
         self.step = 0
         self.totals = torch.zeros(2, device=self.device)  # [loss sum, correct] since the reset
         self.examples = 0
@@ -458,29 +601,41 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """One SGD step on a batch that is already augmented."""
         o = self.recipe.optimiser
-        lr = self.schedule(self.step + self.schedule_offset)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"] / self.recipe.data.batch_size
+        optimizers = [self.optimizer] + ([self.muon] if self.muon is not None else [])
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                # Muon's lr_mult turns the schedule into its own lr (make_muon).
+                lr = group["schedule"](self.step + self.schedule_offset)
+                group["lr"] = lr * group["lr_mult"] / self.recipe.data.batch_size
         with self.autocast():
             logits = self.net(images)
         loss = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=o.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflow
+        for optimizer in optimizers:
+            self.scaler.step(optimizer)  # skipped when fp16 gradients overflow
         self.scaler.update()
         if self.ema_model is not None:
             ema_update(averaged_tensors(self.ema_model), averaged_tensors(self.model), self.step,
                        self.ema_momentum, o.ema_every)
+        if self.slow is not None:
+            lookahead_update(self.slow, averaged_named(self.model), self.step + 1, self.run_steps,
+                             o.lookahead_decay, o.lookahead_every)
         self.totals += torch.stack([loss.detach(), (logits.argmax(-1) == labels).sum().float()])
         self.examples += len(labels)
         self.step += 1
 
-    def train_epoch(self, data: DeviceData, steps: int | None = None) -> None:
-        """A fresh permutation cut into full batches (the last partial one dropped), augmented per batch."""
+    def train_epoch(self, data: DeviceData, steps: int | None = None, epoch: int = 1) -> None:
+        """A fresh permutation cut into full batches (the last partial one dropped), augmented per batch;
+        `steps` of them (fewer in the last epoch of a fractional run). `epoch` counts from 1."""
         order = torch.randperm(data.num_train, generator=self.generator, device=self.device)
         batches = order[:self.steps_per_epoch * self.recipe.data.batch_size].view(self.steps_per_epoch, -1)
+        if self.recipe.data.alternating_flip and self.flip_coins is None:
+            self.flip_coins = torch.rand(data.num_train, generator=self.generator, device=self.device) < 0.5
         for idx in batches[:steps]:
-            images = augment(data.train_padded, idx, self.recipe.data, self.generator, self.memory_format)
+            images = augment(data.train_padded, idx, self.recipe.data, self.generator, self.memory_format,
+                             self.flip_coins, epoch - 1)
             self.train_step(images, data.train_labels[idx])
 
     @torch.no_grad()
@@ -492,14 +647,33 @@ class Trainer:
         for start in range(0, len(data.test_labels), EVAL_BATCH):
             x, y = data.test_images[start:start + EVAL_BATCH], data.test_labels[start:start + EVAL_BATCH]
             with self.autocast():
-                logits, mirrored = net(x), net(x.flip(3))
+                logits, tta = self.logits_with_tta(net, x)
             loss = F.cross_entropy(logits, y, reduction="sum", label_smoothing=self.recipe.optimiser.label_smoothing)
-            # argmax of the summed logits is argmax of their mean: train.logits_with_tta's TTA.
-            sums += torch.stack([(logits.argmax(-1) == y).sum().float(),
-                                 ((logits + mirrored).argmax(-1) == y).sum().float(), loss])
+            sums += torch.stack([(logits.argmax(-1) == y).sum().float(), (tta.argmax(-1) == y).sum().float(), loss])
         self.model.train()
         correct, correct_tta, loss_sum = sums.tolist()
         return correct, correct_tta, loss_sum, float(len(data.test_labels))
+
+    def logits_with_tta(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """train.logits_with_tta: plain logits and the flip mean, or airbench's 6 views with tta_shift."""
+        logits = net(x)
+        mirrored = (logits + net(x.flip(3))) / 2
+        shift = self.recipe.evaluation.tta_shift
+        if not shift:
+            return logits, mirrored
+        padded = F.pad(x, (shift,) * 4, mode="reflect")
+        size = x.shape[-1]
+        shifted = [padded[..., :size, :size], padded[..., 2 * shift:2 * shift + size, 2 * shift:2 * shift + size]]
+        pairs = [(net(v) + net(v.flip(3))) / 2 for v in shifted]
+        return logits, mirrored / 2 + (pairs[0] + pairs[1]) / 4
+
+    @torch.no_grad()
+    def recompute_whitening(self, data: DeviceData) -> None:
+        """airbench's stem: its filters again from the device's first training images (airbench_whitening),
+        so that a run under airbench's rule has them on its clock."""
+        spec, pad = self.recipe.network, self.recipe.data.crop_padding
+        images = data.train_padded[:spec.whitening_images, :, pad:pad + IMAGE_SIZE, pad:pad + IMAGE_SIZE]
+        self.model.whitening.copy_(airbench_whitening(images, spec))
 
     def synchronize(self) -> None:
         """Wait for the device, so the clock reads the end of the work and not of its queueing."""
@@ -520,13 +694,19 @@ def warm_up(trainer: Trainer, data: DeviceData, seed: int) -> float:
 def run(trainer: Trainer, data: DeviceData, seed: int, on_epoch: Callable[[dict], None], record: dict) -> dict:
     """One timed run, as train.run: the clock covers the training epochs; evaluation is timed apart."""
     recipe = trainer.recipe
+    airbench_rule = recipe.timing.rule == "airbench"
     record.update(seed=seed, status="running", epochs=[], final_accuracy=None, seconds_to_target=None)
     trainer.reset(seed)
     trainer.synchronize()
-    train_seconds, previous = 0.0, np.zeros(3)
-    for epoch in range(1, recipe.epochs + 1):
+    start = time.perf_counter()
+    if airbench_rule and recipe.network.stem == "whitening-bias":
+        trainer.recompute_whitening(data)
+        trainer.synchronize()
+    train_seconds, previous = time.perf_counter() - start if airbench_rule else 0.0, np.zeros(3)
+    lengths = train.epoch_steps(recipe, trainer.steps_per_epoch)
+    for epoch, steps in enumerate(lengths, 1):
         start = time.perf_counter()
-        trainer.train_epoch(data)
+        trainer.train_epoch(data, steps, epoch)
         trainer.synchronize()
         epoch_seconds = time.perf_counter() - start
         train_seconds += epoch_seconds
@@ -535,13 +715,16 @@ def run(trainer: Trainer, data: DeviceData, seed: int, on_epoch: Callable[[dict]
         eval_start = time.perf_counter()
         correct, correct_tta, loss_sum, count = trainer.evaluate(data)
         eval_seconds = time.perf_counter() - eval_start
+        if airbench_rule and epoch == len(lengths):
+            train_seconds += eval_seconds  # the final evaluation, with TTA, is on airbench's clock
 
-        metrics = report.epoch_metrics(epoch, trainer.schedule(epoch * trainer.steps_per_epoch), totals - previous,
+        done = (epoch - 1) * trainer.steps_per_epoch + steps
+        metrics = report.epoch_metrics(epoch, trainer.schedule(done), totals - previous,
                                        (correct, correct_tta, loss_sum, count), recipe.evaluation.tta,
                                        epoch_seconds, train_seconds, eval_seconds)
         previous = totals
         report.add_epoch(record, metrics, on_epoch)
-    report.complete_run(record, recipe.timing.target)
+    report.complete_run(record, recipe.timing.target, recipe.timing.rule)
     return record
 
 
@@ -610,6 +793,7 @@ def train_from_args(args: argparse.Namespace) -> int:
     print(f"{env['device_kind']} ({env['backend']}), torch {env['torch']}{' compiled' if args.compile else ''}, "
           f"{config.precision}, width x{config.width_mult}, "
           f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images ({dataset.source_kind})")
+    print(cli.timing_line(recipe))
 
     def prepare() -> cli.RunOne:
         memory_format = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format

@@ -50,6 +50,7 @@ class TrainState(flax.struct.PyTreeNode):
     loss_scale: optim.LossScale | None  # fp16 only
     totals: jax.Array  # running [loss sum, correct, examples] over the whole run
     rng: jax.Array
+    slow: Any = None  # lookahead's slow copy {"params", "batch_stats"}, or None without lookahead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +104,7 @@ class Programs:
     steps_per_epoch: int
     hyper: optim.Hyper  # the recipe's own
     loop: str = "step"  # which of train_step and train_steps train_epoch calls
+    run_steps: int | None = None  # the run's length; a fractional run ends with a partial epoch
 
 
 def build_programs(config: RunConfig, data: DeviceData) -> Programs:
@@ -111,9 +113,13 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
     spec, opt, aug = recipe.network, recipe.optimiser, recipe.data
     net = model_lib.for_recipe(recipe, config.width_mult, PRECISIONS[config.precision])
     steps_per_epoch = data.num_train // aug.batch_size
+    run_steps = recipe.run_steps(steps_per_epoch)
     schedule = optim.lr_schedule(recipe, steps_per_epoch)
-    ema_momentum = recipe.ema_momentum_per_step(steps_per_epoch * opt.epochs) if opt.ema_momentum else None
+    ema_momentum = recipe.ema_momentum_per_step(run_steps) if opt.ema_momentum else None
     pad = aug.crop_padding
+
+    def make_optimizer(hyper):
+        return optim.make_optimizer(recipe, schedule, aug.batch_size, hyper, steps_per_epoch)
 
     def init(key, train_padded, hyper):
         init_key, rng = jax.random.split(key)
@@ -121,15 +127,15 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
         variables = net.init(init_key, train_images[:1], train=False)
         params, batch_stats = variables["params"], variables.get("batch_stats", {})  # {}: a net without BN
         constants = {}
-        if spec.stem == "whitening":
-            whitening_sample = train_images[:spec.whitening_images]
-            constants = {"whitening": model_lib.patch_whitening_filters(whitening_sample, spec.whitening_eps)}
+        if spec.stem in ("whitening", "whitening-bias"):
+            constants = {"whitening": model_lib.whitening_filters(spec, train_images[:spec.whitening_images])}
+        weights = {"params": params, "batch_stats": batch_stats}
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, constants=constants,
-            opt_state=optim.make_optimizer(recipe, schedule, aug.batch_size, hyper).init(params), hyper=hyper,
-            ema={"params": params, "batch_stats": batch_stats} if opt.ema_momentum else None,
+            opt_state=make_optimizer(hyper).init(params), hyper=hyper,
+            ema=weights if opt.ema_momentum else None,
             loss_scale=optim.LossScale.create() if config.precision == "fp16" else None,
-            totals=jnp.zeros(3, jnp.float32), rng=rng)
+            totals=jnp.zeros(3, jnp.float32), rng=rng, slow=weights if opt.lookahead_every else None)
 
     def epoch_batches(rng, epoch):
         return augment.epoch_batches(jax.random.fold_in(rng, epoch), data.num_train, aug.batch_size)
@@ -137,7 +143,12 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
     def train_step(state: TrainState, images, labels, batches) -> TrainState:
         idx = batches[state.step % steps_per_epoch]
         x = augment.augment(jax.random.fold_in(state.rng, state.step), images[idx], IMAGE_SIZE,
-                            aug.flip, aug.cutout)
+                            aug.flip and not aug.alternating_flip, aug.cutout)
+        if aug.alternating_flip:
+            # One draw per image for the whole run (its own stream of the run's key), mirrored
+            # as a whole on odd epochs.
+            x = augment.alternating_flip(jax.random.fold_in(state.rng, augment.FLIP_STREAM), x, idx,
+                                         state.step // steps_per_epoch)
         y = labels[idx]
         scale = state.loss_scale.scale if state.loss_scale is not None else 1.0
 
@@ -149,7 +160,7 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
 
         grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
         grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
-        optimizer = optim.make_optimizer(recipe, schedule, aug.batch_size, state.hyper)
+        optimizer = make_optimizer(state.hyper)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         new = state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
                             batch_stats=batch_stats)
@@ -161,6 +172,10 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
         if opt.ema_momentum:
             live = {"params": new.params, "batch_stats": new.batch_stats}
             new = new.replace(ema=optim.ema_update(state.ema, live, state.step, ema_momentum, opt.ema_every))
+        if opt.lookahead_every:
+            slow, live = optim.lookahead_update(state.slow, {"params": new.params, "batch_stats": new.batch_stats},
+                                                state.step + 1, run_steps, opt.lookahead_decay, opt.lookahead_every)
+            new = new.replace(slow=slow, params=live["params"], batch_stats=live["batch_stats"])
         correct = jnp.sum(jnp.argmax(logits, -1) == y)
         totals = state.totals + jnp.stack([losses.sum(), correct, y.size]).astype(jnp.float32)
         return new.replace(step=state.step + 1, totals=totals)
@@ -172,7 +187,8 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
         """[correct, correct with flip TTA, loss sum, examples] over the padded test set."""
         def one_batch(batch):
             x, y = batch
-            logits, tta = logits_with_tta(lambda v: net.apply(variables, v, train=False), x)
+            logits, tta = logits_with_tta(lambda v: net.apply(variables, v, train=False), x,
+                                          recipe.evaluation.tta_shift)
             valid = y >= 0
             loss = optim.smoothed_cross_entropy(logits, jnp.maximum(y, 0), opt.label_smoothing)
             return jnp.stack([jnp.sum((jnp.argmax(logits, -1) == y) & valid),
@@ -185,13 +201,25 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
                     train_step=jax.jit(train_step, donate_argnums=0),
                     train_steps=jax.jit(train_steps, donate_argnums=0), evaluate=jax.jit(evaluate),
                     schedule=schedule, steps_per_epoch=steps_per_epoch, hyper=optim.Hyper.of(recipe),
-                    loop=config.loop)
+                    loop=config.loop, run_steps=run_steps)
 
 
-def logits_with_tta(apply: Callable[[jax.Array], jax.Array], images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Plain logits, and the mean of the logits of each image and of its left-right mirror."""
+def logits_with_tta(apply: Callable[[jax.Array], jax.Array], images: jax.Array,
+                    shift: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Plain logits, and the mean of the logits of each image and of its left-right mirror.
+
+    With `shift` > 0 (airbench's 6 views), that mean weighs 1/2, and the same mean for the image
+    shifted `shift` pixels up-left and down-right (a crop of its reflect-padding) 1/4 each.
+    """
     logits = apply(images)
-    return logits, (logits + apply(images[:, :, ::-1])) / 2
+    mirrored = (logits + apply(images[:, :, ::-1])) / 2
+    if not shift:
+        return logits, mirrored
+    size = images.shape[1]
+    padded = augment.reflect_pad(images, shift)
+    shifted = [padded[:, :size, :size], padded[:, 2 * shift:2 * shift + size, 2 * shift:2 * shift + size]]
+    pairs = [(apply(x) + apply(x[:, :, ::-1])) / 2 for x in shifted]
+    return logits, mirrored / 2 + (pairs[0] + pairs[1]) / 4
 
 
 def eval_variables(state: TrainState) -> dict:
@@ -219,45 +247,61 @@ def compile_programs(programs: Programs, data: DeviceData, seed: int,
     on_stage("compiling the epoch shuffle")
     epoch_batches = programs.epoch_batches.lower(state.rng, jnp.int32(0)).compile()
     batches = epoch_batches(state.rng, jnp.int32(0))
-    name = "train_step" if programs.loop == "step" else "train_steps"
-    on_stage(f"compiling the {'train step' if programs.loop == 'step' else 'epoch of train steps'} "
-             "(on a GPU XLA also autotunes its convolutions)")
-    train = getattr(programs, name).lower(state, data.train_padded, data.train_labels, batches).compile()
+    names = ("train_step",) if programs.loop == "step" else ("train_steps",)
+    if programs.loop == "epoch" and (programs.run_steps or 0) % programs.steps_per_epoch:
+        names += ("train_step",)  # the last, partial epoch of a fractional run goes step by step
+    train = {}
+    for name in names:
+        on_stage(f"compiling {name} (on a GPU XLA also autotunes its convolutions)")
+        train[name] = getattr(programs, name).lower(state, data.train_padded, data.train_labels, batches).compile()
     on_stage("compiling the evaluation (plain and flip TTA)")
     evaluate = programs.evaluate.lower(eval_variables(state), data.test_images, data.test_labels).compile()
     # A throw-away step (or epoch) and evaluation: first executions allocate and load kernels.
     on_stage("warming up: one throw-away step (or epoch) and evaluation")
-    state = train(state, data.train_padded, data.train_labels, batches)
+    state = train[names[0]](state, data.train_padded, data.train_labels, batches)
     jax.block_until_ready(evaluate(eval_variables(state), data.test_images, data.test_labels))
-    compiled = dataclasses.replace(programs, init=init, epoch_batches=epoch_batches, evaluate=evaluate,
-                                   **{name: train})
+    compiled = dataclasses.replace(programs, init=init, epoch_batches=epoch_batches, evaluate=evaluate, **train)
     return compiled, time.perf_counter() - start
 
 
-def train_epoch(programs: Programs, data: DeviceData, state: TrainState, epoch: int) -> TrainState:
-    """Every step of one epoch, dispatched as programs.loop says. Returns without waiting for the device."""
+def train_epoch(programs: Programs, data: DeviceData, state: TrainState, epoch: int,
+                steps: int | None = None) -> TrainState:
+    """One epoch's steps (`steps` of them: fewer in the last, partial epoch of a fractional run),
+    dispatched as programs.loop says. Returns without waiting for the device."""
     batches = programs.epoch_batches(state.rng, jnp.int32(epoch))
-    if programs.loop == "epoch":
+    steps = programs.steps_per_epoch if steps is None else steps
+    if programs.loop == "epoch" and steps == programs.steps_per_epoch:
         return programs.train_steps(state, data.train_padded, data.train_labels, batches)
-    for _ in range(programs.steps_per_epoch):
+    for _ in range(steps):
         state = programs.train_step(state, data.train_padded, data.train_labels, batches)
     return state
+
+
+def epoch_steps(recipe: Recipe, steps_per_epoch: int) -> list[int]:
+    """The steps of each epoch of a run: whole epochs, then what is left of a fractional one."""
+    total = recipe.run_steps(steps_per_epoch)
+    return [min(steps_per_epoch, total - start) for start in range(0, total, steps_per_epoch)]
 
 
 def run(programs: Programs, data: DeviceData, config: RunConfig, seed: int,
         on_epoch: Callable[[dict], None], record: dict) -> dict:
     """One timed training run. Fills `record` (seed, status, epochs, ...) as it goes.
 
-    The clock covers the training epochs only; evaluation after each epoch is timed apart.
-    Raises Diverged when the loss stops being finite.
+    The clock covers the training epochs; evaluation after each epoch is timed apart. Under
+    airbench's rule (recipe.timing.rule) it also covers the init program, which computes the
+    whitening filters, and the final evaluation with TTA. Raises Diverged when the loss stops
+    being finite.
     """
     recipe = config.recipe
+    airbench_rule = recipe.timing.rule == "airbench"
     record.update(seed=seed, status="running", epochs=[], final_accuracy=None, seconds_to_target=None)
+    start = time.perf_counter()
     state = jax.block_until_ready(programs.init(jax.random.key(seed), data.train_padded, programs.hyper))
-    train_seconds, previous_totals = 0.0, np.zeros(3)
-    for epoch in range(1, recipe.epochs + 1):
+    train_seconds, previous_totals = time.perf_counter() - start if airbench_rule else 0.0, np.zeros(3)
+    lengths = epoch_steps(recipe, programs.steps_per_epoch)
+    for epoch, steps in enumerate(lengths, 1):
         start = time.perf_counter()
-        state = train_epoch(programs, data, state, epoch)
+        state = train_epoch(programs, data, state, epoch, steps)
         totals = np.asarray(jax.device_get(state.totals))  # waits for the device
         epoch_seconds = time.perf_counter() - start
         train_seconds += epoch_seconds
@@ -266,13 +310,16 @@ def run(programs: Programs, data: DeviceData, config: RunConfig, seed: int,
         correct, correct_tta, loss_sum, count = np.asarray(
             jax.device_get(programs.evaluate(eval_variables(state), data.test_images, data.test_labels)))
         eval_seconds = time.perf_counter() - eval_start
+        if airbench_rule and epoch == len(lengths):
+            train_seconds += eval_seconds  # the final evaluation, with TTA, is on airbench's clock
 
-        metrics = report.epoch_metrics(epoch, float(programs.schedule(epoch * programs.steps_per_epoch)),
+        done = (epoch - 1) * programs.steps_per_epoch + steps
+        metrics = report.epoch_metrics(epoch, float(programs.schedule(done)),
                                        totals - previous_totals, (correct, correct_tta, loss_sum, count),
                                        recipe.evaluation.tta, epoch_seconds, train_seconds, eval_seconds)
         previous_totals = totals
         report.add_epoch(record, metrics, on_epoch)
-    report.complete_run(record, recipe.timing.target)
+    report.complete_run(record, recipe.timing.target, recipe.timing.rule)
     return record
 
 

@@ -68,3 +68,22 @@ def test_same_key_same_augmentation():
     c = augment.augment(jax.random.key(8), padded, 32, flip=True, cutout_size=8)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_alternating_flip_mirrors_exactly_the_complement_on_odd_epochs():
+    x, key = images(64), jax.random.key(3)
+    idx = jnp.arange(64)
+    mirrored = x[:, :, ::-1]
+    flipped = [np.asarray(jnp.all(augment.alternating_flip(key, x, idx, jnp.int32(epoch)) == mirrored, axis=(1, 2, 3)))
+               for epoch in range(4)]
+    kept = [np.asarray(jnp.all(augment.alternating_flip(key, x, idx, jnp.int32(epoch)) == x, axis=(1, 2, 3)))
+            for epoch in range(4)]
+    assert np.all(flipped[0] ^ kept[0])  # every image is either mirrored or kept whole
+    assert 16 < flipped[0].sum() < 48  # a coin per image
+    np.testing.assert_array_equal(flipped[1], ~flipped[0])  # odd epochs: exactly the complement
+    np.testing.assert_array_equal(flipped[2], flipped[0])  # even epochs: the first epoch's choice
+    np.testing.assert_array_equal(flipped[3], flipped[1])
+    # The coin belongs to the image, not to its place in the batch.
+    order = jnp.arange(64)[::-1]
+    reordered = augment.alternating_flip(key, x[order], order, jnp.int32(0))
+    np.testing.assert_array_equal(reordered, augment.alternating_flip(key, x, idx, jnp.int32(0))[order])

@@ -32,7 +32,7 @@ def test_list_presets(capsys):
     lines = out.splitlines()
     headers = [line for line in lines if not line.startswith(" ")]
     assert headers == ["Post 1: baseline", "Post 2: mini-batches", "Post 3: regularisation",
-                       "Post 4: architecture", "Post 8: bag of tricks"]
+                       "Post 4: architecture", "Post 8: bag of tricks", "Airbench: past Myrtle"]
     listed = [line.split(":")[0].split()[0] for line in lines if line.startswith("  ")]
     assert len(listed) == len(presets.PRESETS) >= 20
     # Each preset under its post's header.

@@ -205,3 +205,46 @@ def test_switches_of_the_final_recipe_change_the_network():
     a = model.Network(final, (8, 8, 8, 8)).apply(variables, x, train=False)
     b = model.Network(relu, (8, 8, 8, 8)).apply(variables, x, train=False)
     assert not np.allclose(a, b)
+
+
+AIRBENCH = presets.get_preset("airbench94").network
+
+
+def test_airbench_whitening_filters_whiten_2x2_patches_and_come_with_their_negations():
+    images = correlated_images(100)
+    filters = np.asarray(model.whitening_filters(AIRBENCH, jnp.asarray(images)), np.float64)
+    assert filters.shape == (2, 2, 3, 24) == model.whitening_shape(AIRBENCH)
+    np.testing.assert_array_equal(filters[..., 12:], -filters[..., :12])
+    patches = np.asarray(model.extract_patches(jnp.asarray(images), 2), np.float64)
+    assert patches.shape == (100 * 31 * 31, 12)
+    covariance = patches.T @ patches / (len(patches) - 1)
+    assert np.abs(covariance - np.eye(12)).max() > 0.2  # the input is far from white
+    bank = filters[..., :12].transpose(3, 0, 1, 2).reshape(12, 12)
+    eigenvalues = np.linalg.eigvalsh(covariance)[::-1]
+    # Output covariance diag(l / (l + eps)): white to within eps / l in every direction.
+    np.testing.assert_allclose(bank @ covariance @ bank.T, np.diag(eigenvalues / (eigenvalues + 5e-4)), atol=1e-4)
+    assert eigenvalues.min() > 100 * 5e-4  # so every direction is white to 1%
+
+
+def test_dirac_init_passes_the_first_channels_through():
+    kernel = model.dirac_init(jax.random.key(0), (3, 3, 4, 6))
+    x = jnp.asarray(correlated_images(2)[..., :1].repeat(4, axis=-1) * np.arange(1, 5))
+    out = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(out[..., :4], x, rtol=1e-6)  # the first C_in filters are the identity
+    assert np.abs(np.asarray(kernel[..., 4:])).max() > 0  # the others keep PyTorch's draw
+    narrow = model.dirac_init(jax.random.key(0), (3, 3, 6, 4))  # fewer out than in: all four are identities
+    np.testing.assert_array_equal(np.asarray(narrow).sum(axis=(0, 1)), np.eye(6, 4))
+
+
+def test_airbench_network_shape():
+    net = model.for_recipe(presets.get_preset("airbench94"))
+    x = jnp.zeros((2, 32, 32, 3))
+    variables = jax.eval_shape(lambda: net.init(jax.random.key(0), x, train=False))
+    # The paper's "about 2M parameters": 24 + 13,824 + 36,864 + 147,456 + 3 x 589,824 + 2,560 weights + 1,152 BN biases.
+    assert model.count_params(variables["params"]) == 1_971_352
+    assert variables["constants"]["whitening"].shape == (2, 2, 3, 24)
+    assert "scale" not in variables["params"]["layer1"]["GhostBatchNorm_0"]  # BN weights frozen at 1
+    assert model.scaled_widths(AIRBENCH, 0.25) == (24, 16, 64, 64)  # the whitening stem's width stays
+    muon_net = model.for_recipe(presets.get_preset("airbench94-muon"), width_mult=0.25)
+    head = muon_net.init(jax.random.key(0), x, train=False)["params"]["classifier"]["kernel"]
+    assert float(jnp.std(head)) == pytest.approx(1.0, rel=1e-5)  # airbench94_muon's head: unit std

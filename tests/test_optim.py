@@ -141,3 +141,63 @@ def test_loss_scale_halves_on_overflow_and_grows_after_good_steps():
     assert float(scale.scale) == 2048.0 and int(scale.good_steps) == 0
     assert not bool(optim.all_finite({"a": jnp.array([1.0, jnp.inf])}))
     assert bool(optim.all_finite({"a": jnp.array([1.0]), "b": jnp.zeros(2)}))
+
+
+def test_param_groups_for_airbench():
+    params = {"whitening_bias": jnp.zeros(24), "layer1": {"Conv_0": {"kernel": jnp.zeros((3, 3, 24, 8))},
+                                                          "GhostBatchNorm_0": {"bias": jnp.zeros(8)}},
+              "classifier": {"kernel": jnp.zeros((8, 10))}}
+    sgd = optim.param_groups(params)
+    assert sgd["whitening_bias"] == "whitening_bias" and sgd["layer1"]["Conv_0"]["kernel"] == "weights"
+    muon = optim.param_groups(params, muon=True)
+    assert muon["layer1"]["Conv_0"]["kernel"] == "filters" and muon["classifier"]["kernel"] == "weights"
+    assert muon["layer1"]["GhostBatchNorm_0"]["bias"] == "bn_bias"
+
+
+def test_lookahead_schedule_values():
+    # airbench94: alpha = 0.95 ** 5 x (t / T) ** 3, T = 476.
+    for done, expected in ((5, 0.95 ** 5 * (5 / 476) ** 3), (238, 0.95 ** 5 / 8), (476, 0.95 ** 5)):
+        assert float(optim.lookahead_alpha(jnp.int32(done), 476, 0.95, 5)) == pytest.approx(expected, rel=1e-6)
+    assert float(optim.lookahead_alpha(jnp.int32(5), 476, 0.95, 5)) < 1e-5  # the slow copy follows at first
+
+
+def test_lookahead_update_by_hand():
+    slow, live = {"w": jnp.array([0.0])}, {"w": jnp.array([10.0])}
+    off_step = optim.lookahead_update(slow, live, jnp.int32(7), 20, 0.95, 5)
+    assert float(off_step[0]["w"][0]) == 0.0 and float(off_step[1]["w"][0]) == 10.0  # nothing between updates
+    alpha = 0.95 ** 5 * (10 / 20) ** 3
+    new_slow, new_live = optim.lookahead_update(slow, live, jnp.int32(10), 20, 0.95, 5)
+    assert float(new_slow["w"][0]) == pytest.approx((1 - alpha) * 10, rel=1e-6)
+    assert float(new_live["w"][0]) == float(new_slow["w"][0])  # the live weights restart from the slow ones
+    # The last step (not a multiple of 5): the live weights become the slow ones, unchanged.
+    final_slow, final_live = optim.lookahead_update(slow, live, jnp.int32(21), 21, 0.95, 5)
+    assert float(final_slow["w"][0]) == 0.0 and float(final_live["w"][0]) == 0.0
+
+
+@pytest.mark.parametrize("preset, expected", [
+    # airbench94: the run's lr until the end of epoch 3 (steps 0..143 at 48 steps an epoch), then 0.
+    ("airbench94", lambda schedule, step: float(schedule(step)) if step < 144 else 0.0),
+    # airbench94_muon: lr 0.053 x B decaying linearly to 0 at step 75 (25 steps an epoch).
+    ("airbench94-muon", lambda schedule, step: 0.053 * 2000 * max(0.0, 1 - step / 75)),
+])
+def test_whitening_bias_schedule(preset, expected):
+    recipe = presets.get_preset(preset)
+    steps_per_epoch = 50_000 // recipe.batch_size
+    schedule = optim.lr_schedule(recipe, steps_per_epoch)
+    bias_lr = optim.whitening_bias_schedule(recipe, schedule, steps_per_epoch)
+    for step in (0, 10, 74, 75, 143, 144, 300):
+        # The multiplier is part of the group (whitening_bias_lr_mult); compare at the schedule's scale.
+        got = float(bias_lr(step)) * (recipe.optimiser.whitening_bias_lr_mult if preset.endswith("muon") else 1.0)
+        assert got == pytest.approx(expected(schedule, step), rel=1e-5, abs=1e-6), step
+
+
+def test_airbench94_lr_and_weight_decay_in_torch_terms():
+    """airbench94's published numbers: SGD lr 11.5 / K and weight_decay 0.0153 x 1024 / 11.5 at batch 1024."""
+    recipe = presets.get_preset("airbench94")
+    kilostep = 1024 * (1 + 1 / (1 - 0.85))
+    peak = max(lr for _, lr in recipe.optimiser.lr_knots)
+    assert peak / 1024 == pytest.approx(11.5 / kilostep)
+    assert recipe.optimiser.weight_decay * 1024 == pytest.approx(0.0153 * 1024 / 11.5)
+    schedule = optim.lr_schedule(recipe, 48)
+    assert float(schedule(0)) / peak == pytest.approx(0.2) and float(schedule(475.2)) / peak == pytest.approx(0.07)
+    assert recipe.run_steps(48) == 476 and presets.get_preset("airbench94-muon").run_steps(25) == 200

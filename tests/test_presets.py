@@ -12,7 +12,7 @@ def changed_fields(before: presets.Recipe, after: presets.Recipe) -> dict:
 def test_at_least_twenty_presets_grouped_by_post():
     assert len(presets.PRESETS) >= 20
     assert list(presets.GROUPS) == ["post 1: baseline", "post 2: mini-batches", "post 3: regularisation",
-                                    "post 4: architecture", "post 8: bag of tricks"]
+                                    "post 4: architecture", "post 8: bag of tricks", "airbench: past Myrtle"]
     assert sum(len(group) for group in presets.GROUPS.values()) == len(presets.PRESETS)  # each preset once
     post8 = [r.name for r in presets.GROUPS["post 8: bag of tricks"]]
     assert post8[0] == "post8-01-baseline" and post8[9] == "post8-10-tta" and post8[-1] == "myrtle-final"

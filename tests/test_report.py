@@ -114,3 +114,26 @@ def test_report_refuses_other_configs_and_repeated_seeds(tmp_path, capsys):
     assert "seed 1 is in both" in capsys.readouterr().err
     assert report.main([first, str(tmp_path / "missing.json")]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_airbench_rule_times_whole_runs_and_judges_the_mean():
+    runs_epochs = [epochs([0.5, 0.945], seconds_per_epoch=1.5), epochs([0.6, 0.937], seconds_per_epoch=1.5)]
+    assert report.seconds_to_target(runs_epochs[0], 0.94, "airbench") == 3.0  # the whole run's clock
+    assert report.seconds_to_target(epochs([0.95, 0.939]), 0.94, "airbench") is None  # judged at the end only
+    records = []
+    for seed, run_epochs in enumerate(runs_epochs):
+        record = {"seed": seed, "epochs": run_epochs}
+        report.complete_run(record, 0.94, "airbench")
+        records.append(record)
+    assert [r["timing_rule"] for r in records] == ["airbench", "airbench"]
+    summary = report.summarize(records, 0.94)
+    assert summary["timing_rule"] == "airbench" and summary["mean_accuracy"] == pytest.approx(0.941)
+    assert summary["mean_accuracy_meets_target"] is True and summary["runs_reaching_target"] == 1
+    line = report.summary_line(summary, 0.94)
+    assert line.startswith("airbench rule: mean accuracy 0.9410") and "over n=2 runs" in line
+    assert "meets 94.00%" in line and "3.00 +- 0.00 s per run" in line
+    missed = report.summarize(records[1:], 0.94)
+    assert missed["mean_accuracy_meets_target"] is False
+    assert "misses 94.00% by 0.0030" in report.summary_line(missed, 0.94)
+    # Myrtle's rule stays the default, for records written before the rule was recorded too.
+    assert report.summarize([run(0.95, 7.0)])["timing_rule"] == "myrtle"

@@ -128,10 +128,11 @@ def test_diverging_loss_stops_the_run(loop, learnable_data):
 
 
 def distinct_presets() -> list[str]:
-    """Every preset, less those that train exactly as an earlier one (post8-01 is myrtle-resnet9, ...)."""
+    """Every preset, less those that train exactly as an earlier one (post8-01 is myrtle-resnet9, ...)
+    and the airbench ones, which test_tiny_airbench_run_learns_far_above_chance builds, steps and evaluates."""
     seen, names = [], []
     for name, recipe in presets.PRESETS.items():
-        if recipe.training_fields() not in seen:
+        if recipe.training_fields() not in seen and recipe.timing.rule != "airbench":
             seen.append(recipe.training_fields())
             names.append(name)
     return names
@@ -157,3 +158,58 @@ def test_every_preset_builds_takes_a_step_and_evaluates(preset):
     correct, correct_tta, loss_sum, count = np.asarray(
         programs.evaluate(train.eval_variables(state), data.test_images, data.test_labels))
     assert count == 20 and 0 <= correct <= 20 and 0 <= correct_tta <= 20 and np.isfinite(loss_sum)
+
+
+def test_six_view_tta_is_the_weighted_mean_of_the_six_views():
+    recipe = presets.get_preset("airbench94")
+    net = model.Network(recipe.network, (24, 8, 8, 8))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 32, 32, 3)), jnp.float32)
+    variables = net.init(jax.random.key(0), x, train=False)
+    variables["constants"]["whitening"] = model.whitening_filters(recipe.network, x)
+
+    def apply(v):
+        return net.apply(variables, v, train=False)
+
+    padded = np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    views = [np.asarray(x), padded[:, :32, :32], padded[:, 2:, 2:]]
+    views = [v for view in views for v in (view, view[:, :, ::-1])]  # each view and its mirror
+    expected = sum(w * apply(jnp.asarray(v)) for w, v in zip((1 / 4, 1 / 4, 1 / 8, 1 / 8, 1 / 8, 1 / 8), views))
+    logits, tta = train.logits_with_tta(apply, x, shift=1)
+    np.testing.assert_allclose(logits, apply(x), rtol=1e-6)
+    np.testing.assert_allclose(tta, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(tta, train.logits_with_tta(apply, x)[1], atol=1e-4)  # the shifted views count
+
+
+def test_fractional_epochs_end_inside_the_last_epoch():
+    recipe = presets.get_preset("airbench94")
+    assert train.epoch_steps(recipe, 48) == [48] * 9 + [44]  # ceil(9.9 x 48) = 476 steps
+    assert train.epoch_steps(recipe.with_epochs(2), 10) == [10, 10]
+
+
+@pytest.fixture(scope="module", params=["airbench94", "airbench94-muon"])
+def airbench_run(request, learnable_data):
+    """One tiny run of each airbench preset (compiled once for the module).
+
+    On these synthetic images a width-1/8 net is unstable at the recipes' own learning rates (its
+    x64 BN-bias steps blow the activations up in the second epoch); at a quarter of them it
+    learns. On CIFAR-10 the recipes learn at their own rates (docs/results.md, CPU smoke runs).
+    """
+    recipe = presets.get_preset(request.param).with_epochs(3.5)
+    o = recipe.optimiser
+    recipe = recipe.replace(**{"data.batch_size": 128, "optimiser.muon_lr": o.muon_lr / 4,
+                               "optimiser.lr_knots": tuple((epoch, lr / 4) for epoch, lr in o.lr_knots)})
+    config = train.RunConfig(recipe, precision="fp32", width_mult=0.125)
+    train_images, train_labels, test_images, test_labels = learnable_data
+    programs, data = compiled(config, (train_images, train_labels, test_images[:200], test_labels[:200]))
+    epochs = []
+    return train.run(programs, data, config, seed=0, on_epoch=epochs.append, record={}), epochs
+
+
+def test_tiny_airbench_run_learns_far_above_chance(airbench_run):
+    record, epochs = airbench_run
+    assert record["status"] == "completed" and record["timing_rule"] == "airbench"
+    assert len(epochs) == 4  # 3.5 epochs of 8 steps: 28 steps, the last epoch half long
+    assert record["final_accuracy"] == epochs[-1]["tta_accuracy"] >= 0.6, epochs  # chance is 0.1
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    # airbench's clock runs on from the init program and through the final evaluation.
+    assert epochs[-1]["train_seconds"] > sum(m["epoch_seconds"] for m in epochs)

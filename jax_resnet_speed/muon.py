@@ -1,0 +1,74 @@
+"""Muon as airbench94_muon runs it: an optax GradientTransformation for conv filters.
+
+optax.contrib.muon differs from this (bias-corrected momentum, 5 Newton-Schulz steps, a shape
+scaling, no weight renormalisation), so the transformation is written here from the recipe:
+
+    buf <- m buf + g;  d = g + m buf (Nesterov) or buf
+    w   <- w sqrt(C_out) / |w|  -  lr(t) NS(d)
+
+where NS is the quintic Newton-Schulz iteration that pushes every singular value of the filter
+bank, as a C_out x (k k C_in) matrix, towards 1, and |w| is the Frobenius norm.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# The quintic's coefficients: a steep slope at 0 (3.4445) lifts small singular values fast; the
+# iteration does not converge to 1 but keeps them in a band around it.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32}
+
+
+def newton_schulz(matrix: jax.Array, steps: int, dtype: Any = jnp.bfloat16) -> jax.Array:
+    """The orthogonalised matrix, about U V^T of matrix = U S V^T, after `steps` quintic iterations in `dtype`."""
+    a, b, c = NS_COEFFICIENTS
+    x = matrix.astype(dtype)
+    x = x / (jnp.linalg.norm(x) + 1e-7)  # every singular value <= 1
+    tall = matrix.shape[0] > matrix.shape[1]
+    if tall:  # iterate on the short side's Gram matrix
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).astype(matrix.dtype)
+
+
+def orthogonalise_filters(kernel: jax.Array, steps: int, dtype: Any) -> jax.Array:
+    """newton_schulz of an HWIO filter bank seen as C_out x (k k C_in) (the column order does not matter)."""
+    out = kernel.shape[-1]
+    return newton_schulz(kernel.reshape(-1, out).T, steps, dtype).T.reshape(kernel.shape)
+
+
+class MuonState(NamedTuple):
+    count: jax.Array
+    momentum: Any
+
+
+def muon(learning_rate: optax.Schedule, momentum: float, nesterov: bool = True, ns_steps: int = 3,
+         ns_dtype: str = "bf16") -> optax.GradientTransformation:
+    """airbench's Muon for 4-D (HWIO) conv filters; the updates it returns need the params."""
+    dtype = NS_DTYPES[ns_dtype]
+
+    def init(params):
+        return MuonState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.zeros_like, params))
+
+    def update(grads, state, params=None):
+        if params is None:
+            raise ValueError("muon renormalises the weights: pass params to update()")
+        lr = learning_rate(state.count)
+        buffers = jax.tree_util.tree_map(lambda b, g: momentum * b + g, state.momentum, grads)
+        directions = (jax.tree_util.tree_map(lambda g, b: g + momentum * b, grads, buffers) if nesterov
+                      else buffers)
+
+        def step(w, d):
+            renormalised = w * (jnp.sqrt(w.shape[-1]) / jnp.linalg.norm(w))
+            return renormalised - lr * orthogonalise_filters(d, ns_steps, dtype) - w
+
+        return jax.tree_util.tree_map(step, params, directions), MuonState(state.count + 1, buffers)
+
+    return optax.GradientTransformation(init, update)
