@@ -15,7 +15,7 @@ from jax_resnet_speed import compilation, presets
 if TYPE_CHECKING:
     from jax_resnet_speed.tensorboard_log import EpochLog
 
-EXIT_DATA_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
+EXIT_DATA_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 130
 PLOT_BESIDE_JSON = "<beside --json>"  # --plot without a path
 
 
@@ -82,6 +82,51 @@ def epochs_type(text: str) -> int | float:
     return int(value) if value.is_integer() else value
 
 
+def devices_type(text: str) -> int | str:
+    """--devices: a positive count, or 'all'."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a count or 'all', got {text!r}") from None
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+    """Join a multi-host run when asked; before anything initialises the JAX backend.
+
+    Every process then sees the global device list; on a CPU, collectives between processes go
+    through gloo (JAX's default there).
+    """
+    explicit = {"coordinator_address": args.coordinator, "num_processes": args.num_processes,
+                "process_id": args.process_id}
+    if args.distributed or any(v is not None for v in explicit.values()):
+        import jax
+
+        jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
+
+
+def resolve_devices(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """--devices as a count of the devices JAX sees (it initialises the backend); exit 2 when too many."""
+    import jax
+
+    available = len(jax.devices())
+    count = available if args.devices == "all" or jax.process_count() > 1 and args.devices == 1 else args.devices
+    if jax.process_count() > 1 and getattr(args, "checkpoint_dir", None):
+        parser.error("--checkpoint-dir is not supported across processes yet; run it in one process")
+    if jax.process_count() > 1 and count != available:
+        parser.error(f"--devices {count}: a run over {jax.process_count()} processes uses every device of each "
+                     f"({available}); use --devices all")
+    if count > available:
+        parser.error(f"--devices {count}: only {available} {jax.default_backend().upper()} device(s) are visible; "
+                     "on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N")
+    batch_size = args.batch_size or presets.get_preset(args.preset).batch_size
+    if batch_size % count:
+        parser.error(f"--batch-size {batch_size} does not split evenly over {count} devices; "
+                     f"use a multiple of {count}")
+    return count
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the data comes from and how much of it: shared by the trainer and the experiments."""
     parser.add_argument("--data", metavar="PATH",
@@ -118,6 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_compile_arguments(parser)
     parser.add_argument("--parallel", type=int, default=1, metavar="K",
                         help="train K of the --runs together in one vmapped program (group.py); seeds as without")
+    parser.add_argument("--devices", type=devices_type, default=1, metavar="N",
+                        help="data parallel: split each batch over N devices ('all': every device of every "
+                             "process), the train state replicated (parallel.py)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="one process of a multi-host run: jax.distributed.initialize from the cluster's "
+                             "environment (SLURM, Open MPI, or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+                             "JAX_PROCESS_ID); the flags below override it (docs/scaling.md)")
+    parser.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (implies --distributed)")
+    parser.add_argument("--num-processes", type=int, metavar="N", help="processes in the run (implies --distributed)")
+    parser.add_argument("--process-id", type=int, metavar="I", help="this process's index (implies --distributed)")
+    parser.add_argument("--checkpoint-dir", metavar="DIR",
+                        help="save the whole train state and the metrics so far after every epoch (off the clock) "
+                             "into DIR with Orbax, keeping the latest two")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on from the latest checkpoint in --checkpoint-dir: finished runs are kept, the "
+                             "interrupted one continues after its last saved epoch; the config must match")
     parser.add_argument("--json", metavar="PATH", help="write the machine-readable result here")
     add_output_arguments(parser)
     parser.add_argument("--xla-dump", metavar="DIR",
@@ -140,21 +201,28 @@ def resolve_config(args: argparse.Namespace, backend: str, preset: str | None = 
     recipe = recipe.replace(**overrides)
     precision = args.precision or ("fp32" if backend == "cpu" else "bf16")
     loop = getattr(args, "loop", None) or compilation.DEFAULT_LOOPS.get(backend, "step")
-    return RunConfig(recipe=recipe, precision=precision, width_mult=args.width_mult, loop=loop)
+    return RunConfig(recipe=recipe, precision=precision, width_mult=args.width_mult, loop=loop,
+                     devices=getattr(args, "devices", 1))
 
 
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser, preset: str | None = None) -> None:
     """Exit 2 with a usage message on flags that make no sense for `preset` (default --preset)."""
     recipe = presets.get_preset(preset or args.preset)
     batch_size = args.batch_size if args.batch_size is not None else recipe.batch_size
-    for name in ("epochs", "batch_size", "runs", "train_subset", "test_subset", "parallel"):
+    for name in ("epochs", "batch_size", "runs", "train_subset", "test_subset", "parallel", "devices"):
         value = getattr(args, name, None)
-        if value is not None and value <= 0:
+        if isinstance(value, (int, float)) and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     splits = recipe.network.ghost_bn_splits
     if batch_size % splits:
         parser.error(f"--batch-size {batch_size} is not divisible by the {splits} ghost "
                      f"batch-norm splits of preset {recipe.name}; use a multiple of {splits}")
+    if getattr(args, "resume", False) and not args.checkpoint_dir:
+        parser.error("--resume continues from --checkpoint-dir DIR; add it")
+    if getattr(args, "checkpoint_dir", None) and getattr(args, "parallel", 1) > 1:
+        parser.error("--checkpoint-dir saves runs one at a time; use it without --parallel")
+    if getattr(args, "devices", 1) != 1 and getattr(args, "parallel", 1) > 1:
+        parser.error("--parallel groups runs on one device; use it without --devices, or --devices without it")
     if args.width_mult <= 0:
         parser.error(f"--width-mult must be positive, got {args.width_mult}")
     if args.target is not None and not 0 < args.target <= 1:
@@ -327,8 +395,12 @@ def train_from_args(args: argparse.Namespace) -> int:
     """Load, compile once, run --runs times, print the table and write the JSON."""
     import jax
 
-    from jax_resnet_speed import data, report
+    from jax_resnet_speed import data, parallel, report
 
+    if jax.process_index() != 0:
+        # One table and one JSON for the whole multi-host run: process 0's. Errors still reach stderr.
+        sys.stdout = open(os.devnull, "w")
+        args.json = args.plot = args.tensorboard = None
     config = resolve_config(args, jax.default_backend())
     recipe = config.recipe
     payload: dict = {"config": None, "environment": report.environment(), "compile_seconds": None,
@@ -341,35 +413,108 @@ def train_from_args(args: argparse.Namespace) -> int:
     env = payload["environment"]
     print(f"{recipe.name}: {recipe.description}")
     print(f"{env['device_kind']} ({env['backend']}), jax {env['jax']}, {config.precision}, width x{config.width_mult}, "
-          f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images ({dataset.source_kind})")
+          f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images ({dataset.source_kind})"
+          + (f", data parallel over {config.devices} devices" if config.devices > 1 else ""))
     print(timing_line(recipe))
 
     args.parallel = min(args.parallel, args.runs)
+    seeds, resume = [args.seed + index for index in range(args.runs)], None
+    if args.checkpoint_dir:
+        try:
+            resume = resume_point(args, payload)
+        except ResumeRefused as error:
+            print(f"error: {error}", file=sys.stderr)
+            return error.exit_code
+        finished = {record["seed"] for record in payload["runs"]}
+        seeds = [seed for seed in seeds if seed not in finished]
 
     def prepare():
         if args.parallel > 1:
             return prepare_group(config, dataset, args.parallel, args.seed, payload)
-        return prepare_runs(config, dataset, args.seed, payload, args.profile)
+        return prepare_runs(config, dataset, args.seed, payload, args.profile, parallel.make_mesh(config.devices),
+                            args.checkpoint_dir, resume)
 
     try:
-        return run_all(args, payload, recipe.timing.target, prepare)
+        code = run_all(args, payload, recipe.timing.target, prepare, seeds)
     except GroupTooLarge as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_DATA_ERROR
+    if code == EXIT_INTERRUPTED and args.checkpoint_dir:
+        print(f"the checkpoint of the last finished epoch is in {args.checkpoint_dir}: "
+              "the same command with --resume goes on from it", file=sys.stderr)
+    return code
 
 
-def prepare_runs(config, dataset, seed: int, payload: dict, profile: str | None = None) -> RunOne:
+class ResumeRefused(Exception):
+    """--checkpoint-dir/--resume cannot go on: exit_code 2 for a config mismatch or a used folder, 1 otherwise."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_DATA_ERROR):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def resume_point(args: argparse.Namespace, payload: dict) -> dict | None:
+    """With --resume: the finished runs of the latest checkpoint put into payload["runs"], and the
+    record of the run it interrupted (None if it holds none). Without: checks that the folder
+    holds no checkpoint to overwrite. Raises ResumeRefused."""
+    import json
+
+    from jax_resnet_speed import checkpoint, report
+
+    checkpoints = checkpoint.Checkpoints(args.checkpoint_dir)
+    try:
+        if not args.resume:
+            if checkpoints.latest() is not None:
+                raise ResumeRefused(f"{args.checkpoint_dir} already holds checkpoints; add --resume to go on from "
+                                    "them, or give another --checkpoint-dir", EXIT_USAGE)
+            return None
+        progress = checkpoints.progress()
+    except checkpoint.CheckpointError as error:
+        raise ResumeRefused(str(error)) from None
+    finally:
+        checkpoints.close()
+    current = json.loads(json.dumps(payload["config"]))  # as the checkpoint stored it (tuples become lists)
+    saved = progress["config"]
+    differences = [name for name in report.config_differences(saved, current) if name != "data"]
+    differences += [name for name in ("seed",) if saved.get(name) != current.get(name)]
+    if differences:
+        shown = ", ".join(f"{name} ({lookup(saved, name)!r} there, {lookup(current, name)!r} here)"
+                          for name in differences[:4])
+        more = f" and {len(differences) - 4} more" if len(differences) > 4 else ""
+        raise ResumeRefused(f"--resume: the checkpoint in {args.checkpoint_dir} was made with another config: "
+                            f"{shown}{more}; resume with the flags it was made with, or give another "
+                            "--checkpoint-dir", EXIT_USAGE)
+    payload["runs"] = [record for record in progress["runs"] if record["status"] != "running"]
+    partial = next((record for record in progress["runs"] if record["status"] == "running"), None)
+    print(f"resuming from {args.checkpoint_dir}: {len(payload['runs'])} finished run(s) kept"
+          + (f", run with seed {partial['seed']} goes on after epoch {len(partial['epochs'])}" if partial else ""))
+    return partial
+
+
+def lookup(config: dict, dotted: str):
+    """The value at a dotted name of a config (None where it is missing)."""
+    for part in dotted.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+def prepare_runs(config, dataset, seed: int, payload: dict, profile: str | None = None, mesh=None,
+                 checkpoint_dir: str | None = None, resume: dict | None = None) -> RunOne:
     """Put the dataset on the device, build and compile the programs of `config` once.
 
     Sets payload["compile_seconds"] and payload["compilation"]["cache"] (cold, warm or off) and
     returns the function that makes one timed run (train.run). `seed` is the warm-up's;
-    `profile`: a folder for a trace of one epoch.
+    `profile`: a folder for a trace of one epoch; `mesh`: the devices of a data-parallel run (parallel.py).
+    `checkpoint_dir`: save each run's state and payload["runs"] there after every epoch (checkpoint.py);
+    `resume`: the record of the run to go on from the latest checkpoint there.
     """
+    import jax
+
     from jax_resnet_speed import progress, train
 
     device_data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
                                       dataset.test_labels, dataset.mean, dataset.std, config.recipe,
-                                      train.PRECISIONS[config.precision])
+                                      train.PRECISIONS[config.precision], mesh)
     with progress.task("compiling") as shown, compilation.CacheCounter() as cache:
         programs, payload["compile_seconds"] = train.compile_programs(
             train.build_programs(config, device_data), device_data, seed,
@@ -380,7 +525,30 @@ def prepare_runs(config, dataset, seed: int, payload: dict, profile: str | None 
     if profile:
         train.profile_epoch(programs, device_data, seed, profile)
         print(f"wrote a profile of one epoch to {profile}")
-    return lambda seed, on_epoch, record: train.run(programs, device_data, config, seed, on_epoch, record)
+    if checkpoint_dir is None:
+        return lambda seed, on_epoch, record: train.run(programs, device_data, config, seed, on_epoch, record)
+    from jax_resnet_speed import checkpoint, report
+
+    checkpoints = checkpoint.Checkpoints(checkpoint_dir)
+    pending = dict(resume or {})
+
+    def save(state) -> None:
+        # One index per saved epoch over all runs, so the latest is always the newest state.
+        index = sum(len(record["epochs"]) for record in payload["runs"])
+        checkpoints.save(index, state, {"config": payload["config"], "runs": payload["runs"]})
+
+    def run_one(seed: int, on_epoch, record: dict) -> dict:
+        resume_from = None
+        if pending.get("seed") == seed:
+            record.update(pending)
+            pending.clear()
+            like = programs.init(jax.random.key(seed), device_data.train_padded, programs.hyper)
+            resume_from, _ = checkpoints.restore(like)
+            for metrics in record["epochs"]:
+                print(report.table_row(metrics) + "  (from the checkpoint)")
+        return train.run(programs, device_data, config, seed, on_epoch, record, resume_from, save)
+
+    return run_one
 
 
 class GroupTooLarge(Exception):
@@ -438,6 +606,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     validate(args, parser)
     configure_compilation(args)
+    initialize_distributed(args)
+    args.devices = resolve_devices(args, parser)
     return train_from_args(args)
 
 

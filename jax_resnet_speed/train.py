@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from jax_resnet_speed import augment, model as model_lib, optim, report
+from jax_resnet_speed import augment, model as model_lib, optim, parallel, report
 from jax_resnet_speed.presets import Recipe
 
 PRECISIONS = {"bf16": jnp.bfloat16, "fp16": jnp.float16, "fp32": jnp.float32}
@@ -33,10 +34,11 @@ class RunConfig:
     precision: str = "bf16"
     width_mult: float = 1.0
     loop: str = "step"  # one of compilation.LOOPS
+    devices: int = 1  # data parallel over this many devices (parallel.py)
 
     def to_dict(self) -> dict:
         return {"recipe": self.recipe.to_dict(), "precision": self.precision, "width_mult": self.width_mult,
-                "loop": self.loop}
+                "loop": self.loop, "devices": self.devices}
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -61,6 +63,7 @@ class DeviceData:
     train_labels: jax.Array
     test_images: jax.Array  # (batches, EVAL_BATCH, 32, 32, 3)
     test_labels: jax.Array  # (batches, EVAL_BATCH); -1 marks padding
+    mesh: Mesh | None = None  # the devices it is replicated on, and the batches split over (parallel.py)
 
     @property
     def num_train(self) -> int:
@@ -69,25 +72,32 @@ class DeviceData:
 
 def put_on_device(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
                   test_labels: np.ndarray, mean: np.ndarray, std: np.ndarray, recipe: Recipe,
-                  dtype: Any) -> DeviceData:
-    """Upload uint8 images once, then normalise and pad them on the device."""
+                  dtype: Any, mesh: Mesh | None = None) -> DeviceData:
+    """Upload uint8 images once, then normalise and pad them on the device.
+
+    With a mesh, every device holds the whole dataset: CIFAR-10 is 0.2 GB in bf16, and a
+    replicated set lets each device gather its share of a batch locally, with no traffic.
+    """
     mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
     @jax.jit
     def normalise(images):
         return ((images.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)
 
-    train = augment.reflect_pad(normalise(jnp.asarray(train_images)), recipe.data.crop_padding)
+    train = augment.reflect_pad(normalise(parallel.put_replicated(mesh, train_images)), recipe.data.crop_padding)
     eval_batch = min(EVAL_BATCH, len(test_images))
+    if mesh is not None:  # whole slices of every evaluation batch for each device; padding fills the rest
+        eval_batch = math.ceil(eval_batch / mesh.size) * mesh.size
     batches = math.ceil(len(test_images) / eval_batch)
     padding = batches * eval_batch - len(test_images)
     test = np.concatenate([test_images, np.zeros((padding, *test_images.shape[1:]), np.uint8)])
     labels = np.concatenate([test_labels, -np.ones(padding, test_labels.dtype)]).astype(np.int32)
     return DeviceData(
         train_padded=train,
-        train_labels=jnp.asarray(train_labels, jnp.int32),
-        test_images=normalise(jnp.asarray(test)).reshape(batches, eval_batch, *test.shape[1:]),
-        test_labels=jnp.asarray(labels).reshape(batches, eval_batch),
+        train_labels=parallel.put_replicated(mesh, np.asarray(train_labels, np.int32)),
+        test_images=normalise(parallel.put_replicated(mesh, test.reshape(batches, eval_batch, *test.shape[1:]))),
+        test_labels=parallel.put_replicated(mesh, labels.reshape(batches, eval_batch)),
+        mesh=mesh,
     )
 
 
@@ -150,6 +160,7 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
             x = augment.alternating_flip(jax.random.fold_in(state.rng, augment.FLIP_STREAM), x, idx,
                                          state.step // steps_per_epoch)
         y = labels[idx]
+        x, y = parallel.shard_batch(data.mesh, x, y)
         scale = state.loss_scale.scale if state.loss_scale is not None else 1.0
 
         def loss_fn(params):
@@ -186,7 +197,7 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
     def evaluate(variables, images, labels):
         """[correct, correct with flip TTA, loss sum, examples] over the padded test set."""
         def one_batch(batch):
-            x, y = batch
+            x, y = parallel.shard_batch(data.mesh, *batch)
             logits, tta = logits_with_tta(lambda v: net.apply(variables, v, train=False), x,
                                           recipe.evaluation.tta_shift)
             valid = y >= 0
@@ -197,9 +208,11 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
 
         return jax.lax.map(one_batch, (images, labels)).sum(axis=0)
 
-    return Programs(init=jax.jit(init), epoch_batches=jax.jit(epoch_batches),
-                    train_step=jax.jit(train_step, donate_argnums=0),
-                    train_steps=jax.jit(train_steps, donate_argnums=0), evaluate=jax.jit(evaluate),
+    # On a mesh the state (and every other output) stays replicated; only batches are split.
+    placed = {} if data.mesh is None else {"out_shardings": parallel.replicated(data.mesh)}
+    return Programs(init=jax.jit(init, **placed), epoch_batches=jax.jit(epoch_batches, **placed),
+                    train_step=jax.jit(train_step, donate_argnums=0, **placed),
+                    train_steps=jax.jit(train_steps, donate_argnums=0, **placed), evaluate=jax.jit(evaluate, **placed),
                     schedule=schedule, steps_per_epoch=steps_per_epoch, hyper=optim.Hyper.of(recipe),
                     loop=config.loop, run_steps=run_steps)
 
@@ -284,22 +297,33 @@ def epoch_steps(recipe: Recipe, steps_per_epoch: int) -> list[int]:
 
 
 def run(programs: Programs, data: DeviceData, config: RunConfig, seed: int,
-        on_epoch: Callable[[dict], None], record: dict) -> dict:
+        on_epoch: Callable[[dict], None], record: dict, resume_from: TrainState | None = None,
+        after_epoch: Callable[[TrainState], None] = lambda state: None) -> dict:
     """One timed training run. Fills `record` (seed, status, epochs, ...) as it goes.
 
     The clock covers the training epochs; evaluation after each epoch is timed apart. Under
     airbench's rule (recipe.timing.rule) it also covers the init program, which computes the
     whitening filters, and the final evaluation with TTA. Raises Diverged when the loss stops
     being finite.
+
+    resume_from: the state saved after the last epoch in `record` (checkpoint.py); the run goes
+    on from the next epoch, its clock from the recorded seconds. after_epoch: called with the
+    state after each epoch's row is recorded, off the clock (to save a checkpoint).
     """
     recipe = config.recipe
     airbench_rule = recipe.timing.rule == "airbench"
-    record.update(seed=seed, status="running", epochs=[], final_accuracy=None, seconds_to_target=None)
-    start = time.perf_counter()
-    state = jax.block_until_ready(programs.init(jax.random.key(seed), data.train_padded, programs.hyper))
-    train_seconds, previous_totals = time.perf_counter() - start if airbench_rule else 0.0, np.zeros(3)
+    if resume_from is None:
+        record.update(seed=seed, status="running", epochs=[], final_accuracy=None, seconds_to_target=None)
+        start = time.perf_counter()
+        state = jax.block_until_ready(programs.init(jax.random.key(seed), data.train_padded, programs.hyper))
+        train_seconds, previous_totals = time.perf_counter() - start if airbench_rule else 0.0, np.zeros(3)
+    else:
+        state, train_seconds = resume_from, record["epochs"][-1]["train_seconds"]
+        previous_totals = np.asarray(jax.device_get(state.totals))
     lengths = epoch_steps(recipe, programs.steps_per_epoch)
     for epoch, steps in enumerate(lengths, 1):
+        if epoch <= len(record["epochs"]):
+            continue  # done before the checkpoint this run resumed from
         start = time.perf_counter()
         state = train_epoch(programs, data, state, epoch, steps)
         totals = np.asarray(jax.device_get(state.totals))  # waits for the device
@@ -319,6 +343,7 @@ def run(programs: Programs, data: DeviceData, config: RunConfig, seed: int,
                                        recipe.evaluation.tta, epoch_seconds, train_seconds, eval_seconds)
         previous_totals = totals
         report.add_epoch(record, metrics, on_epoch)
+        after_epoch(state)
     report.complete_run(record, recipe.timing.target, recipe.timing.rule)
     return record
 

@@ -115,6 +115,7 @@ class Computation:
 class Module:
     name: str
     computations: dict[str, Computation]
+    partitions: int = 1  # devices the program is split over (num_partitions in the header)
 
     @property
     def entry(self) -> Computation:
@@ -212,7 +213,8 @@ def parse_module(text: str) -> Module:
                 current.instructions[inst.name] = inst
                 if match.group(1):
                     current.root = inst.name
-    return Module(header.group(1) if header else "?", computations)
+    partitions = re.search(r"^HloModule\s.*\bnum_partitions=(\d+)", text, re.M)
+    return Module(header.group(1) if header else "?", computations, int(partitions.group(1)) if partitions else 1)
 
 
 # ------------------------------------------------------------------------ dump files
@@ -532,7 +534,7 @@ def build_report(module: Module, backend: str = "unknown", expect_dtype: str | N
     collectives = [i for c in module.computations.values() for i in c.instructions.values()
                    if i.opcode.removesuffix("-start") in COLLECTIVES]
     warnings = conv_warnings(convs, backend, expect)
-    if collectives:
+    if collectives and module.partitions == 1:
         warnings.append(f"{len(collectives)} collectives in the step (expected none on one device)")
     return {
         "module": module.name, "backend": backend, "expected_dtype": expect,
@@ -546,6 +548,7 @@ def build_report(module: Module, backend: str = "unknown", expect_dtype: str | N
             "by_kind": _tally((k, n) for k, *_, n in moves),
             "largest": [{"name": i.name, "kind": k, "shape": str(i.shapes[0]) if i.shapes else "?",
                          "bytes": i.nbytes, "where": short_op_name(i.op_name)} for k, _, i, _ in moves[:top]]},
+        "partitions": module.partitions,
         "collectives": {"count": len(collectives),
                         "list": [{"name": i.name, "opcode": i.opcode} for i in collectives]},
         "bytes_per_step": sum(kernel_bytes(c, i) * n for c, i, n in kernels),
@@ -608,7 +611,10 @@ def format_report(report: dict[str, Any]) -> str:
               f"Transposes/copies: {moves['count']} ({_counts(moves['by_kind'])})"]
     lines += [f"  {m['kind']} {m['name']} {m['shape']} {_size(m['bytes'])}"
               + (f"  ({m['where']})" if m["where"] else "") for m in moves["largest"]]
-    lines += [f"Collectives: {report['collectives']['count']}",
+    collectives = report["collectives"]
+    kinds = _counts(_tally((c["opcode"], 1) for c in collectives["list"]))
+    split = f", program split over {report['partitions']} devices" if report["partitions"] > 1 else ""
+    lines += [f"Collectives: {collectives['count']}" + (f" ({kinds})" if collectives["count"] else "") + split,
               f"Bytes moved per step (estimate): {_size(report['bytes_per_step'])}, {report['bytes_method']}",
               "", f"Warnings: {len(report['warnings']) or 'none'}"]
     lines += [f"  - {w}" for w in report["warnings"]]

@@ -1,6 +1,5 @@
 import json
 
-import pytest
 
 from jax_resnet_speed import results
 
