@@ -17,6 +17,20 @@ def user_cache_in_a_temporary_folder(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = previous
 
 
+# For tests that run a program once to check shapes, dtypes and that a step moves every weight: XLA:CPU
+# compiles without LLVM's optimisations several times faster (the random initialisers of a ResNet-9's
+# init: 10 s against 0.8 s), and the values differ only in rounding. Tests that compare numbers between
+# loops, devices or frameworks keep the default, as users run it.
+QUICK_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def run_quickly(fn, *args):
+    """fn(*args), jitted and compiled with QUICK_COMPILE."""
+    import jax
+
+    return jax.jit(fn).lower(*args).compile(QUICK_COMPILE)(*args)
+
+
 def make_learnable(n: int, seed: int, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """uint8 32x32 images whose class sets a colour and a stripe orientation, plus noise."""
     rng = np.random.default_rng(seed)

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import run_quickly
+
 from jax_resnet_speed import model, presets
 
 
@@ -18,11 +20,12 @@ def build(preset, width_mult=0.125, dtype=jnp.float32):
 def test_output_shape_and_dtypes(preset, dtype):
     net = build(preset, dtype=dtype)
     x = jnp.zeros((4, 32, 32, 3))
-    variables = net.init(jax.random.key(0), x, train=False)
-    logits = net.apply(variables, x, train=False)
+    variables = run_quickly(lambda key, x: net.init(key, x, train=False), jax.random.key(0), x)
+    logits = run_quickly(lambda v, x: net.apply(v, x, train=False), variables, x)
     assert logits.shape == (4, 10) and logits.dtype == jnp.float32
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables["params"]))
-    train_logits, updates = net.apply(variables, jnp.ones((16, 32, 32, 3)), train=True, mutable=["batch_stats"])
+    train_logits, updates = run_quickly(lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats"]),
+                                        variables, jnp.ones((16, 32, 32, 3)))
     assert train_logits.shape == (16, 10)
     assert set(updates) == {"batch_stats"}
 
@@ -83,8 +86,9 @@ def test_resnet9_keeps_its_parameter_names():
 
 def stage_outputs(net, x):
     """Each top-level module's output shape, from Flax's captured intermediates."""
-    variables = net.init(jax.random.key(0), x, train=False)
-    _, state = net.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+    variables = run_quickly(lambda key, x: net.init(key, x, train=False), jax.random.key(0), x)
+    _, state = run_quickly(lambda v, x: net.apply(v, x, train=False, capture_intermediates=True,
+                                                  mutable=["intermediates"]), variables, x)
     return {name: value["__call__"][0].shape for name, value in state["intermediates"].items() if name != "__call__"}
 
 
@@ -97,7 +101,8 @@ def test_preact_resnet18_stage_shapes_and_shortcuts():
     assert shapes["layer3_2"] == (2, 8, 8, 64)
     assert shapes["layer4_2"] == (2, 4, 4, 64)
     assert shapes["classifier"] == (2, 10)
-    params = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
+    params = run_quickly(lambda key, x: net.init(key, x, train=False), jax.random.key(0),
+                         jnp.zeros((1, 32, 32, 3)))["params"]
     assert "shortcut" not in params["layer1_1"] and "shortcut" in params["layer2_1"]
     assert "shortcut" not in params["layer2_2"]
     assert set(params["classifier"]) == {"kernel", "bias"}
@@ -116,7 +121,8 @@ def test_search_rows_downsample_their_own_way(preset, layer1):
     net = build(preset, width_mult=0.25)
     shapes = stage_outputs(net, jnp.zeros((2, 32, 32, 3)))
     assert shapes["layer1"] == layer1 and shapes["layer3"] == (2, 4, 4, 64)
-    kernel = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]["layer1"]["Conv_0"]["kernel"]
+    kernel = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+                            )["params"]["layer1"]["Conv_0"]["kernel"]
     assert kernel.shape[:2] == ((1, 1) if preset.endswith("shortcuts") else (3, 3))
 
 
@@ -246,5 +252,6 @@ def test_airbench_network_shape():
     assert "scale" not in variables["params"]["layer1"]["GhostBatchNorm_0"]  # BN weights frozen at 1
     assert model.scaled_widths(AIRBENCH, 0.25) == (24, 16, 64, 64)  # the whitening stem's width stays
     muon_net = model.for_recipe(presets.get_preset("airbench94-muon"), width_mult=0.25)
-    head = muon_net.init(jax.random.key(0), x, train=False)["params"]["classifier"]["kernel"]
+    head = run_quickly(lambda key, x: muon_net.init(key, x, train=False), jax.random.key(0), x
+                       )["params"]["classifier"]["kernel"]
     assert float(jnp.std(head)) == pytest.approx(1.0, rel=1e-5)  # airbench94_muon's head: unit std
