@@ -37,7 +37,7 @@ def one_step(devices: int) -> dict:
     return {"initial": initial, "params": jax.device_get(state.params),
             "batch_stats": jax.device_get(state.batch_stats), "totals": np.asarray(state.totals),
             "evaluation": np.asarray(evaluation),
-            "param_sharding": str(jax.tree_util.tree_jax.tree_util.tree_leaves(state.params)[0].sharding),
+            "param_sharding": str(jax.tree_util.tree_leaves(state.params)[0].sharding),
             "eval_batch": int(data.test_images.shape[1])}
 
 
