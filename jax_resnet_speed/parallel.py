@@ -10,8 +10,6 @@ the same global mesh (docs/scaling.md).
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -46,20 +44,14 @@ def shard_batch(mesh: Mesh | None, *arrays: jax.Array) -> tuple[jax.Array, ...]:
     return tuple(jax.lax.with_sharding_constraint(a, batch_sharded(mesh)) for a in arrays)
 
 
-def put_replicated(mesh: Mesh | None, value: Any) -> Any:
-    """A host value (every process holds the same one) as an array on every device of the mesh.
+def put_replicated(mesh: Mesh | None, host: np.ndarray) -> jax.Array:
+    """A host array (every process holds the same one) on every device of the mesh.
 
     make_array_from_callback builds a global array from each process's own copy, which also
     works across hosts, where plain device_put of host data cannot place it on another
     process's devices.
     """
     if mesh is None:
-        return jax.numpy.asarray(value)
-    sharding = replicated(mesh)
-
-    def put(leaf):
-        host = np.asarray(leaf)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-    return jax.tree_util.tree_map(put, value)
+        return jax.numpy.asarray(host)
+    return jax.make_array_from_callback(host.shape, replicated(mesh), lambda index: host[index])
 
