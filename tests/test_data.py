@@ -5,6 +5,7 @@ import io
 import os
 import pickle
 import re
+import signal
 import stat
 import struct
 import subprocess
@@ -236,6 +237,19 @@ def test_npz_with_bad_labels_or_missing_arrays_is_refused(tmp_path, cifar):
     np.savez(path, train_images=cifar[0], train_labels=cifar[1])
     with pytest.raises(data.DataError, match="lacks test_images, test_labels, class_names"):
         data.load_cifar10(path, tmp_path / "cache")
+
+
+def test_files_that_are_not_plain_npz_are_named_for_what_they_are(tmp_path, cifar):
+    text = tmp_path / "notes.npz"
+    text.write_text("just some text")
+    with pytest.raises(data.DataError, match=r"notes.npz is not a .npz file \(a .npz is a zip of .npy arrays"):
+        data.load_cifar10(text, tmp_path / "cache")
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, train_images=np.array([{}], dtype=object), train_labels=cifar[1], test_images=cifar[2],
+             test_labels=cifar[3], class_names=np.array(CLASSES))
+    with pytest.raises(data.DataError, match="objects.npz holds Python objects .* never unpickled") as refused:
+        data.load_cifar10(objects, tmp_path / "cache")
+    assert "allow_pickle" not in str(refused.value)  # numpy's advice to load it unsafely is not repeated
 
 
 def test_npz_with_wrong_image_shape_is_refused(tmp_path, cifar):
@@ -494,6 +508,27 @@ def test_truncated_archive_is_reported(tmp_path, cifar, name):
         data.load_cifar10(archive, tmp_path / "cache")
 
 
+@pytest.mark.parametrize("name", ["tree.tar.gz", "tree.tar.bz2", "tree.tar.xz"])
+def test_an_archive_cut_anywhere_is_called_truncated(tmp_path, cifar, name):
+    """Cut at a member boundary, tarfile's own decompression just ends early: the archive would look like
+    one with fewer files ("lacks the folder test/..."), so the compressed stream is read to its end marker."""
+    tree = write_image_tree(tmp_path / "images", cifar)
+    full = tmp_path / name
+    with tarfile.open(full, f"w:{name.rsplit('.', 1)[1]}") as archive:
+        for file in sorted(p for p in tree.rglob("*") if p.is_file()):
+            archive.add(file, file.relative_to(tree).as_posix())
+    content = full.read_bytes()
+    cut = tmp_path / f"cut-{name}"
+    for fraction in (0.3, 0.6, 0.9, 0.99):
+        cut.write_bytes(content[: int(len(content) * fraction)])
+        with pytest.raises(data.DataError, match=f"cannot read {re.escape(str(cut))}: it is truncated"):
+            data.load_cifar10(cut, tmp_path / "cache")
+    cut.write_bytes(content[:-4])  # only the gzip trailer's length (or the xz/bz2 end) is missing
+    with pytest.raises(data.DataError, match="truncated|corrupt"):
+        data.load_cifar10(cut, tmp_path / "cache")
+    assert_same_data(data.load_cifar10(full, tmp_path / "cache"), cifar)
+
+
 def test_not_an_archive_is_reported(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello")
@@ -506,7 +541,7 @@ def test_not_an_archive_is_reported(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (png_bytes((31, 32)), "is a 31x32 RGB image; every image must be 32x32 RGB"),
     (png_bytes(mode="L"), "is a 32x32 L image; every image must be 32x32 RGB"),
-    (b"not an image at all", "is not a readable image"),
+    (b"not an image at all", r"is not a readable image \(not JPEG, PNG, BMP, PPM, TIFF, WEBP\); replace or remove it$"),
     (png_bytes()[:60], "(is not a readable image|is a damaged image)"),
 ])
 def test_bad_image_is_named(tmp_path, cifar, content, message):
@@ -548,6 +583,9 @@ def test_cache_round_trip_gives_the_same_arrays(tmp_path, cifar):
     root = write_image_tree(tmp_path / "images", cifar)
     first, cache_file, hit = data._load(root, tmp_path / "cache")
     assert not hit and cache_file.parent == tmp_path / "cache" and cache_file.is_file()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(cache_file.stat().st_mode) == 0o666 & ~umask  # as any new file, not mkstemp's 0600
     second, same_file, hit = data._load(root, tmp_path / "cache")
     assert hit and same_file == cache_file
     assert_same_data(second, cifar)
@@ -663,7 +701,8 @@ def test_cli_info_and_prepare(tmp_path, cifar):
     assert info.returncode == 0, info.stderr
     checksum = data.load_cifar10(tarball, cache).checksum
     for line in ("kind      python-tarball", "images    100 train, 30 test",
-                 f"cache     {cache_file} (loaded from it)", f"checksum  sha256:{checksum}"):
+                 f"cache     {cache_file} (loaded from it)",
+                 f"checksum  sha256:{checksum} (of the decoded arrays, not of the source file)"):
         assert line in info.stdout
     assert re.search(r"^ 3 cat +10 +3$", info.stdout, re.MULTILINE)
     mean = " ".join(f"{value:.4f}" for value in cifar[0].reshape(-1, 3).mean(axis=0) / 255)
@@ -732,3 +771,24 @@ def test_shipped_jpeg_archive(tmp_path, recwarn):
     seconds = time.perf_counter() - start
     assert hit and cached.checksum == dataset.checksum
     print(f"\nshipped archive: decoded in {decoded:.2f} s, cached load {seconds:.2f} s")
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason=f"the shipped CIFAR-10 JPEG archive is not at {SHIPPED}")
+def test_ctrl_c_during_the_first_decode_is_one_line_and_caches_nothing(tmp_path):
+    """SIGINT to the main process only (the decode workers ignore it and must not print when their pipe
+    closes) at several points of the ~5 s decode of the shipped archive."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for delay in (0.5, 1.5, 3.0):
+        cache = tmp_path / f"cache-{delay}"
+        command = [sys.executable, "-m", "jax_resnet_speed.data", "prepare", str(SHIPPED), "--cache-dir", str(cache)]
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+        if process.returncode == 0:  # the decode won the race: then the cache is whole
+            assert "cached 50,000 train" in stdout
+            continue
+        assert process.returncode == 130, (delay, stderr)
+        assert stderr == "interrupted: nothing was cached (the cache is written only when complete)\n", (delay, stderr)
+        assert not list(cache.glob("cifar10-*")) and not list(cache.glob(".*.tmp"))

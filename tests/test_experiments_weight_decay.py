@@ -1,4 +1,5 @@
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -80,3 +81,7 @@ def test_smoke_run_writes_the_figure_json_and_summary(tiny_npz, tmp_path):
     assert steps == 2 * (512 // 64)
     assert len(result["norms"]) == len(result["layers"]) == 8 and all(len(n) == steps for n in result["norms"])
     assert "Scale invariance" in summary.read_text()
+    table = [line for line in summary.read_text().splitlines() if line.startswith("| ")]
+    cells = [len(re.split(r"(?<!\\)\|", line)) for line in table]  # Markdown splits cells at unescaped pipes
+    assert len(table) == 2 + 8 and len(set(cells)) == 1, table[:2]
+    assert summary.read_text().count("width x0.0625") == 1

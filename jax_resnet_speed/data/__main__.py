@@ -24,6 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing was cached (the cache is written only when complete)", file=sys.stderr)
+        return 130
     seconds = time.perf_counter() - start
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
@@ -71,7 +74,7 @@ def _print_info(source: str | None, dataset: Dataset, cache: str, seconds: float
     print(f"mean      {' '.join(f'{value:.4f}' for value in dataset.mean)}  (R G B, [0, 1] units)")
     print(f"std       {' '.join(f'{value:.4f}' for value in dataset.std)}")
     print(f"cache     {cache}")
-    print(f"checksum  sha256:{dataset.checksum}")
+    print(f"checksum  sha256:{dataset.checksum} (of the decoded arrays, not of the source file)")
     print(f"loaded in {seconds:.2f} s")
 
 

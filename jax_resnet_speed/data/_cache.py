@@ -8,6 +8,7 @@ import pathlib
 import re
 import tempfile
 import warnings
+import zipfile
 
 import numpy as np
 
@@ -97,10 +98,17 @@ def write_cache(path: pathlib.Path, dataset: Dataset) -> None:
             np.savez(file, **_npz_fields(dataset))  # uncompressed: loads in a fraction of a second
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the cache is shared like any other output
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _npz_fields(dataset: Dataset) -> dict[str, np.ndarray]:
@@ -112,12 +120,21 @@ def _npz_fields(dataset: Dataset) -> dict[str, np.ndarray]:
 
 def read_npz(path: pathlib.Path, require_checksum: bool = False) -> Dataset:
     """A .npz holding NPZ_KEYS; a cache file also holds source_kind and a checksum, which is verified."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a .npz file (a .npz is a zip of .npy arrays, as numpy.savez writes "
+                        "them); pass a CIFAR-10 .npz, archive or folder")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [key for key in NPZ_KEYS if key not in npz.files]
             arrays = {key: npz[key] for key in npz.files if key in NPZ_KEYS + ("source_kind", "checksum")}
+    except ValueError as error:
+        if "pickle" not in str(error):
+            raise DataError(f"cannot read {path} ({one_line(error)}); it is damaged: write it again") from None
+        raise DataError(f"{path} holds Python objects (object arrays), which are never unpickled; save its "
+                        "arrays as numbers and strings (numpy.savez of uint8 images, int labels, str names)") \
+            from None
     except Exception as error:  # a damaged zip fails in many ways inside zipfile and numpy
-        raise DataError(f"cannot read {path} ({one_line(error)}); it is damaged or not a .npz file") from None
+        raise DataError(f"cannot read {path} ({one_line(error)}); it is damaged: write it again") from None
     if missing:
         raise DataError(f"{path} lacks {', '.join(missing)}; a CIFAR-10 .npz holds {', '.join(NPZ_KEYS)}")
     if require_checksum and "checksum" not in arrays:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
 import dataclasses
+import gzip
+import lzma
 import os
 import pathlib
 import re
@@ -11,6 +14,7 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 from jax_resnet_speed.data import _batches, _images
 from jax_resnet_speed.data._canonical import SPLITS, DataError, Dataset, one_line
@@ -110,9 +114,14 @@ def _check_member_size(name: str, size: int, archive: pathlib.Path) -> None:
 
 
 def _tar_stream(path: pathlib.Path) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each regular file, read in memory in one sequential pass."""
+    """(name, bytes) of each regular file, read in memory in one sequential pass.
+
+    The compressed stream is read to its very end before the listing is trusted: tarfile's own decompression
+    stops quietly where a cut-short .tar.gz ends, so a truncated archive would look like one with fewer files,
+    while gzip, bz2 and lzma check the stream's end marker (and gzip its length and CRC).
+    """
     try:
-        with tarfile.open(path, "r|*") as archive:  # stream mode: no seeking back in the compressed data
+        with _decompressed(path) as raw, tarfile.open(fileobj=raw, mode="r|") as archive:
             for member in archive:
                 _check_member_name(member.name, path)
                 if member.isdir():
@@ -121,10 +130,27 @@ def _tar_stream(path: pathlib.Path) -> Iterator[tuple[str, bytes]]:
                     raise _refuse_member_type(member.name, _TAR_TYPES.get(member.type, "special file"), path)
                 _check_member_size(member.name, member.size, path)
                 yield member.name, archive.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+            while raw.read(1 << 20):  # past the tar's end-of-archive blocks, to the compression's end marker
+                pass
+    except EOFError as error:
+        raise DataError(f"cannot read {path}: it is truncated ({one_line(error)}); get it again") from None
+    except (tarfile.TarError, OSError, zlib.error, lzma.LZMAError) as error:
         raise DataError(f"cannot read {path} as a tar or zip archive ({one_line(error)}); it may be truncated or "
                         "corrupt (get it again), or it is not CIFAR-10 data: expected the official tarball, "
                         "an image-folder archive (.tar, .tar.gz, .tgz, .zip), a folder or a .npz") from None
+
+
+_MAGIC = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}
+
+
+def _decompressed(path: pathlib.Path) -> BinaryIO:
+    """The file as a stream of its uncompressed bytes (gzip, bz2, xz or none, by its first bytes)."""
+    with open(path, "rb") as file:
+        head = file.read(6)
+    for magic, opener in _MAGIC.items():
+        if head.startswith(magic):
+            return opener(path, "rb")
+    return open(path, "rb")
 
 
 def _zip_stream(path: pathlib.Path) -> Iterator[tuple[str, bytes]]:

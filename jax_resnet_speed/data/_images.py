@@ -97,8 +97,8 @@ class _DecodeWorker:
 
     def close(self) -> None:
         self.process.stdin.close()  # the worker exits at the end of its input
+        self.process.stdout.close()  # a reply nobody will read (after an error or Ctrl-C) must not block it
         self.process.wait()
-        self.process.stdout.close()
 
 
 def serve() -> None:
@@ -115,19 +115,25 @@ def serve() -> None:
             reply = (True, _decode_chunk(chunk, where))
         except DataError as error:
             reply = (False, str(error))
-        pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
-        replies.flush()
+        try:
+            pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
+            replies.flush()
+        except BrokenPipeError:  # the parent stopped listening (an error elsewhere, or Ctrl-C): nothing to say
+            os._exit(0)
 
 
 def _decode_chunk(files: list[tuple[str, bytes]], where: str) -> np.ndarray:
     """Decode images that must each be 32x32 RGB."""
-    from PIL import Image  # imported here so that loading a cache never pays for Pillow
+    from PIL import Image, UnidentifiedImageError  # imported here so that loading a cache never pays for Pillow
 
     out = np.empty((len(files), 32, 32, 3), np.uint8)
     for index, (name, data) in enumerate(files):
         try:
             image = Image.open(io.BytesIO(data), formats=_FORMATS)
-        except Exception as error:  # Pillow raises many types for unreadable files
+        except UnidentifiedImageError:
+            raise DataError(f"{where}{name} is not a readable image (not {', '.join(_FORMATS)}); replace or "
+                            "remove it") from None
+        except Exception as error:  # Pillow raises many types for damaged files
             raise DataError(f"{where}{name} is not a readable image ({one_line(error)}); replace or remove it") \
                 from None
         with image:

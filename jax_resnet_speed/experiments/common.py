@@ -107,9 +107,9 @@ def write_outputs(out: str, name: str, figure, payload: dict, summary: str) -> l
 
 
 def environment_line(settings: dict) -> str:
+    """The device, jax version and precision (the title before it already names the width)."""
     env = report.environment()
-    return (f"{env['device_kind']} ({env['backend']}), jax {env['jax']}, {settings['precision']}, "
-            f"width x{settings.get('width_mult', 1.0)}")
+    return f"{env['device_kind']} ({env['backend']}), jax {env['jax']}, {settings['precision']}"
 
 
 def main(run: Callable[[argparse.Namespace], list[str]], parser: argparse.ArgumentParser,

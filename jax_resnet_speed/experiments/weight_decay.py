@@ -222,7 +222,8 @@ def summary(result: dict, recipe: presets.Recipe, title: str, scale: str) -> str
              "and the end, and the measured |dw| / |w| divided by each equilibrium prediction (1 = on the "
              "prediction), averaged over the steps from 50% to 90% of the run (after the weights settle, before "
              "the lr falls to zero).", "",
-             "| layer | start |w| | end |w| | " + " | ".join(f"measured / {label}" for label in ratios) + " |",
+             "| layer | \\|w\\| at the start | \\|w\\| at the end | "  # escaped: a bare | splits the cell
+             + " | ".join(f"measured / {label}" for label in ratios) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in ratios) + " |"]
     for index, name in enumerate(result["layers"]):
         cells = " | ".join(f"{ratios[label][name]:.2f}" for label in ratios)
