@@ -24,7 +24,8 @@ def main() -> None:
             single = np.asarray(muon.orthogonalise_filters(kernel, 3, dtype, coefficients), np.float64)
             exact = np.asarray(muon.orthogonalise_filters(kernel, 3, jnp.float32, coefficients), np.float64)
             out = np.asarray(out, np.float64)
-            print(f"{name}   {str(kernel.shape):17} {np.abs(out - single).max():18.2e}  {str(np.array_equal(out, single)):7}"
+            bitwise = str(np.array_equal(out, single))
+            print(f"{name}   {str(kernel.shape):17} {np.abs(out - single).max():18.2e}  {bitwise:7}"
                   f"  {np.abs(single - exact).max():15.2e}  {np.abs(exact).max():9.3f}")
 
 
