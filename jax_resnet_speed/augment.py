@@ -61,6 +61,23 @@ def cutout(key: jax.Array, images: jax.Array, size: int) -> jax.Array:
     return jnp.where(inside, jnp.zeros((), images.dtype), images)
 
 
+def shift_and_scale(images: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """(images + shift) x scale, with one shift and one scale per image (shapes (batch,))."""
+    return (images + shift[:, None, None, None]) * scale[:, None, None, None]
+
+
+def colour_jitter(key: jax.Array, images: jax.Array, brightness: float, contrast: float) -> jax.Array:
+    """hiverge's brightness and contrast jitter on normalised images, one draw per image: add a
+    shift uniform in [-brightness, brightness], then multiply by a factor uniform in
+    [1 - contrast, 1 + contrast]. The factor scales about 0, the dataset's mean after normalisation,
+    not about each image's own mean."""
+    key_shift, key_scale = jax.random.split(key)
+    batch = images.shape[0]
+    shift = jax.random.uniform(key_shift, (batch,), minval=-brightness, maxval=brightness)
+    scale = jax.random.uniform(key_scale, (batch,), minval=1 - contrast, maxval=1 + contrast)
+    return shift_and_scale(images, shift.astype(images.dtype), scale.astype(images.dtype))
+
+
 def augment(key: jax.Array, padded: jax.Array, size: int, flip: bool, cutout_size: int) -> jax.Array:
     """Crop, then flip, then cutout: Myrtle's order."""
     key_crop, key_flip, key_cut = jax.random.split(key, 3)

@@ -87,3 +87,35 @@ def test_alternating_flip_mirrors_exactly_the_complement_on_odd_epochs():
     order = jnp.arange(64)[::-1]
     reordered = augment.alternating_flip(key, x[order], order, jnp.int32(0))
     np.testing.assert_array_equal(reordered, augment.alternating_flip(key, x, idx, jnp.int32(0))[order])
+
+
+def test_shift_and_scale_by_hand():
+    x = jnp.asarray([[[[1.0, -2.0]]], [[[0.5, 0.0]]]])  # two 1 x 1 images of 2 channels
+    out = augment.shift_and_scale(x, jnp.asarray([0.1, -0.5]), jnp.asarray([0.9, 1.2]))
+    np.testing.assert_allclose(out, [[[[0.99, -1.71]]], [[[0.0, -0.6]]]], rtol=1e-6, atol=1e-7)
+
+
+def test_colour_jitter_is_the_identity_at_zero_strength():
+    x = images(8)
+    np.testing.assert_array_equal(augment.colour_jitter(jax.random.key(0), x, 0.0, 0.0), x)
+
+
+def test_colour_jitter_draws_one_shift_and_one_scale_per_image_within_the_ranges():
+    brightness, contrast = 0.1399, 0.1308  # the record's ranges
+    n = 2000
+    # Two constant pixels per image, 0 and 1, recover the draws: out(0) = shift x scale, out(1) = (1 + shift) x scale.
+    x = jnp.broadcast_to(jnp.asarray([0.0, 1.0])[None, None, :, None], (n, 1, 2, 3))
+    out = np.asarray(augment.colour_jitter(jax.random.key(1), x, brightness, contrast), np.float64)
+    scale = out[:, 0, 1, :] - out[:, 0, 0, :]
+    shift = out[:, 0, 0, :] / scale
+    assert np.allclose(scale, scale[:, :1], atol=1e-6) and np.allclose(shift, shift[:, :1], atol=1e-6)  # per image
+    scale, shift = scale[:, 0], shift[:, 0]
+    assert np.all(np.abs(shift) <= brightness + 1e-6) and np.all(np.abs(scale - 1) <= contrast + 1e-6)
+    # Uniform: the draws fill their ranges, centred, with the variance of a uniform (range^2 / 3).
+    assert shift.min() < -0.95 * brightness and shift.max() > 0.95 * brightness
+    assert abs(shift.mean()) < 0.01 and abs(scale.mean() - 1) < 0.01
+    np.testing.assert_allclose(shift.var(), brightness ** 2 / 3, rtol=0.1)
+    np.testing.assert_allclose(scale.var(), contrast ** 2 / 3, rtol=0.1)
+    assert abs(np.corrcoef(shift, scale)[0, 1]) < 0.1  # independent draws
+    other = augment.colour_jitter(jax.random.key(2), x, brightness, contrast)
+    assert not np.array_equal(out, np.asarray(other, np.float64))

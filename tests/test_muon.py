@@ -65,3 +65,48 @@ def test_muon_needs_the_params():
     params = {"conv": jnp.ones((3, 3, 2, 4))}
     with pytest.raises(ValueError, match="pass params"):
         optimizer.update(params, optimizer.init(params))
+
+
+# airbench94's filter banks (HWIO) and a tall 1x1 bank (32 x 8 as a matrix), so the stack mixes
+# shapes and orientations.
+FILTER_SHAPES = [(3, 3, 24, 64), (3, 3, 64, 64), (3, 3, 64, 256), (3, 3, 256, 256), (1, 1, 8, 32)]
+
+
+def random_filters(seed=0):
+    rng = np.random.default_rng(seed)
+    return [jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in FILTER_SHAPES]
+
+
+@pytest.mark.parametrize("coefficients", [muon.NS_COEFFICIENTS, muon.RECORD_NS_COEFFICIENTS])
+def test_batched_newton_schulz_over_padded_filters_equals_the_per_filter_form_in_fp32(coefficients):
+    kernels = random_filters()
+    batched = muon.orthogonalise_filter_stack(kernels, 3, jnp.float32, coefficients)
+    for kernel, out in zip(kernels, batched):
+        single = muon.orthogonalise_filters(kernel, 3, jnp.float32, coefficients)
+        assert out.shape == kernel.shape and out.dtype == kernel.dtype
+        # Zero-padding is exact; only the order of the products' sums differs (elements are O(0.1)).
+        np.testing.assert_allclose(out, single, rtol=0, atol=2e-6)
+
+
+def test_batched_newton_schulz_in_bf16_agrees_with_the_per_filter_form_to_bf16_rounding():
+    kernels = random_filters(1)
+    batched = muon.orthogonalise_filter_stack(kernels, 3, jnp.bfloat16, muon.RECORD_NS_COEFFICIENTS)
+    for kernel, out in zip(kernels, batched):
+        single = np.asarray(muon.orthogonalise_filters(kernel, 3, jnp.bfloat16, muon.RECORD_NS_COEFFICIENTS))
+        exact = np.asarray(muon.orthogonalise_filters(kernel, 3, jnp.float32, muon.RECORD_NS_COEFFICIENTS))
+        # The two bf16 forms differ by rounding only: no more than each differs from the fp32 result.
+        scale = np.abs(exact).max()
+        assert np.abs(np.asarray(out) - single).max() <= 2 * np.abs(single - exact).max() + 1e-3 * scale
+
+
+def test_batched_newton_schulz_by_hand_on_two_small_matrices():
+    # A 1 x 2 and a 2 x 1 matrix: each is a rank-one matrix with singular value 1 after normalising,
+    # and the quintic maps a singular value s to a s + b s^3 + c s^5, three times.
+    a, b, c = muon.NS_COEFFICIENTS
+    s = 1.0
+    for _ in range(3):
+        s = a * s + b * s ** 3 + c * s ** 5
+    row, column = jnp.asarray([[3.0, 4.0]]), jnp.asarray([[0.0], [2.0]])
+    out_row, out_column = muon.batched_newton_schulz([row, column], 3, jnp.float32)
+    np.testing.assert_allclose(out_row, s * np.array([[0.6, 0.8]]), rtol=1e-5)
+    np.testing.assert_allclose(out_column, s * np.array([[0.0], [1.0]]), rtol=1e-5)

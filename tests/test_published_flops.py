@@ -1,0 +1,87 @@
+"""The airbench family's FLOPs by hand, against the PFLOPs each script publishes per run.
+
+Counting as flops.py does (2 x multiply-adds of convolutions and products), with a training image
+costing 3 forward passes (forward, input gradient, weight gradient) and a 6-view TTA image 6.
+"""
+
+from math import ceil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_resnet_speed import flops, presets, train
+
+TRAIN, TEST = 50_000, 10_000
+
+
+def airbench_forward_flops(widths, convs_per_group, whitening_width=24, whitening_kernel=2) -> int:
+    """One image's forward pass: the unpadded whitening conv (32 -> 31), then per group a 3x3 conv
+    at the incoming size, a 2x2 max-pool, and convs_per_group - 1 more 3x3 convs at the pooled
+    size (31 -> 15 -> 7 -> 3), then the linear head."""
+    size = 32 - whitening_kernel + 1
+    macs = size * size * whitening_width * 3 * whitening_kernel ** 2
+    channels = whitening_width
+    for width in widths:
+        macs += size * size * 9 * channels * width
+        size //= 2
+        macs += (convs_per_group - 1) * size * size * 9 * width * width
+        channels = width
+    return 2 * (macs + widths[-1] * 10)
+
+
+AIRBENCH94 = airbench_forward_flops((64, 256, 256), 2)
+AIRBENCH95 = airbench_forward_flops((128, 384, 384), 2)
+AIRBENCH96 = airbench_forward_flops((128, 384, 512), 3)
+PROXY = airbench_forward_flops((32, 64, 64), 2)  # airbench96_faster's proxy
+
+
+def run_pflops(forward, steps, batch, tta_views=6, tta_images=TEST):
+    return (3 * forward * steps * batch + tta_views * forward * tta_images) / 1e15
+
+
+def airbench96_faster_pflops():
+    """45 epochs of 48 steps. The proxy runs forward on every batch of 1024 and, one step in 4, backward
+    over the whole batch (its loss is masked, not its batch); the big net trains on the 512 examples
+    the proxy finds hardest in each batch."""
+    steps = ceil(45 * 48)
+    proxy = PROXY * steps * 1024 + 2 * PROXY * len(range(0, steps, 4)) * 1024
+    return run_pflops(AIRBENCH96, steps, 512) + proxy / 1e15
+
+
+# (published PFLOPs per run, ours), the published figures from each script's header or README.
+PUBLISHED = {
+    "airbench94_muon": (0.29, run_pflops(AIRBENCH94, ceil(8 * 25), 2000)),
+    "airbench95": (1.39, run_pflops(AIRBENCH95, ceil(15 * 48), 1024)),
+    "airbench96": (4.91, run_pflops(AIRBENCH96, ceil(37 * 48), 1024)),
+    "airbench96_faster": (3.1, airbench96_faster_pflops()),
+}
+
+
+@pytest.mark.parametrize("script", sorted(PUBLISHED))
+def test_the_count_by_hand_agrees_with_the_published_pflops_within_3_percent(script):
+    published, ours = PUBLISHED[script]
+    assert abs(ours / published - 1) < 0.03, (script, ours, published)
+
+
+def test_per_image_forward_flops_by_hand():
+    assert AIRBENCH94 == 236_294_720  # 0.236 GFLOP, as ../shared/docs/recipes.md section 5 says
+    assert AIRBENCH95 == 603_121_728
+    assert AIRBENCH96 == 903_934_528
+
+
+@pytest.mark.parametrize("widths, convs", [((64, 256, 256), 2), ((128, 384, 384), 2), ((128, 384, 512), 3)])
+def test_the_project_model_counts_the_same_forward_flops(widths, convs):
+    """The project's own network, traced: its 6-view evaluation of 10 images is 60 forward passes."""
+    recipe = presets.get_preset("airbench94").replace(**{"network.widths": (24, *widths),
+                                                         "network.stage_convs": convs})
+    config = train.RunConfig(recipe, "fp32", 1.0)
+    images = np.zeros((8, 32, 32, 3), np.uint8)
+    labels = np.zeros(8, np.int32)
+    data = train.put_on_device(images, labels, np.zeros((10, 32, 32, 3), np.uint8), np.zeros(10, np.int32),
+                               np.full(3, 0.5), np.full(3, 0.25), recipe, jnp.float32)
+    programs = train.build_programs(config, data)
+    state = jax.eval_shape(programs.init, jax.random.key(0), data.train_padded, programs.hyper)
+    counted = flops.model_flops(programs.evaluate, train.eval_variables(state), data.test_images, data.test_labels)
+    assert counted == 60 * airbench_forward_flops(widths, convs)
