@@ -76,26 +76,6 @@ def test_batched_newton_schulz_equals_the_reference_trainers_per_filter_form():
         torch.testing.assert_close(out, single, rtol=0, atol=2e-6)
 
 
-@pytest.mark.parametrize("shapes", [WIDE_STACK, TALL_STACK], ids=["wide", "tall"])
-def test_batched_newton_schulz_in_bf16_agrees_with_jaxs_to_bf16_rounding(shapes):
-    kernels = hwio_filters(shapes, seed=2)
-    coefficients = muon.RECORD_NS_COEFFICIENTS
-    ours = tp.orthogonalise_filter_stack([to_oihw(k) for k in kernels], 3, torch.bfloat16, coefficients)
-    theirs = muon.orthogonalise_filter_stack([jnp.asarray(k) for k in kernels], 3, jnp.bfloat16, coefficients)
-    exact = muon.orthogonalise_filter_stack([jnp.asarray(k) for k in kernels], 3, jnp.float32, coefficients)
-    for out, expected, reference in zip(ours, theirs, exact):
-        assert out.dtype == torch.float32  # the iteration in bf16, the result in the input's dtype
-        expected, reference = np.asarray(expected, np.float64), np.asarray(reference, np.float64)
-        # bf16 keeps 8 bits: the two frameworks round different intermediate products, so they may
-        # differ by as much as each differs from the fp32 result, not by more (measured, 2-core CPU,
-        # 2026-12-05: at most 1.6 x JAX's own bf16 error, 5.9e-2 on elements up to 0.53). A wrong
-        # coefficient moves the fp32 result by 6e-2 to 1.2e-1 here, so this checks the form, not them:
-        # the fp32 test above does.
-        own_error = np.abs(expected - reference).max()
-        assert np.abs(to_hwio(out) - expected).max() <= 2 * own_error + 1e-3 * np.abs(reference).max()
-        assert np.abs(to_hwio(out) - reference).max() <= 2 * own_error + 1e-3 * np.abs(reference).max()
-
-
 # ------------------------------------------------------------------------------------------- Muon
 
 def torch_steps(optimizer, params, grads, lrs):
