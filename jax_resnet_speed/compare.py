@@ -181,10 +181,10 @@ def table_cells(row: dict) -> list[str]:
     accuracy = ("-" if row["mean_accuracy"] is None
                 else f"{row['mean_accuracy']:.4f} +- {row['std_accuracy']:.4f}")
     if row.get("ci95_accuracy"):
-        accuracy += " ({:.4f}-{:.4f})".format(*row["ci95_accuracy"])
+        accuracy += f" {report.interval_text(row['ci95_accuracy'], 4)}"
     reached = f"{row['runs_reaching_target']}/{row['runs']}"
     if row.get("wilson95_reaching_target"):
-        reached += " ({:.2f}-{:.2f})".format(*row["wilson95_reaching_target"])
+        reached += f" {report.interval_text(row['wilson95_reaching_target'], 2)}"
     return [row["framework"], accuracy, reached,
             number(row["median_seconds_to_target"], ".2f"), number(row["median_epoch_seconds"], ".3f"),
             number(row["median_compile_seconds"], ".1f"), number(row["ratio"], ".2f")]

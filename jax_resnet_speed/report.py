@@ -147,6 +147,8 @@ def summarize(runs: Sequence[dict], target: float | None = None) -> dict:
     # A diverged run did not reach the target either; interrupted ones are left out.
     finished = sum(r["status"] in ("completed", "diverged") for r in runs)
     interval = mean_interval(accuracies)
+    if interval:  # an accuracy lies in [0, 1]: a few spread-out runs must not put its interval outside
+        interval = (max(0.0, interval[0]), min(1.0, interval[1]))
     wilson = wilson_interval(len(reached), finished)
     return {
         "runs": len(runs),
@@ -174,6 +176,11 @@ def summarize(runs: Sequence[dict], target: float | None = None) -> dict:
     }
 
 
+def interval_text(interval: Sequence[float], digits: int) -> str:
+    """[low, high]: brackets and a comma, since a hyphen between two numbers reads as a minus."""
+    return f"[{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
 def run_line(record: dict, target: float) -> str:
     if record["status"] != "completed":
         return f"seed {record['seed']}: {record['status']} after {len(record['epochs'])} epochs"
@@ -191,12 +198,12 @@ def summary_line(summary: dict, target: float) -> str:
     median, iqr = summary["median_seconds_to_target"], summary.get("iqr_seconds_to_target")
     median_text = f"median {median:.2f} s to target" if median is not None else "target not reached"
     if iqr:
-        median_text += f" (IQR {iqr[0]:.2f}-{iqr[1]:.2f})"
+        median_text += f" (IQR {interval_text(iqr, 2)})"
     interval, wilson = summary.get("ci95_accuracy"), summary.get("wilson95_reaching_target")
-    interval_text = f", 95% CI of the mean {interval[0]:.4f}-{interval[1]:.4f}" if interval else ""
-    wilson_text = f" (95% {wilson[0]:.2f}-{wilson[1]:.2f})" if wilson else ""
+    mean_text = f", 95% CI of the mean {interval_text(interval, 4)}" if interval else ""
+    wilson_text = f" (95% {interval_text(wilson, 2)})" if wilson else ""
     return (f"{summary['completed_runs']} runs: accuracy {summary['mean_accuracy']:.4f} "
-            f"+- {summary['std_accuracy']:.4f}{interval_text} (min {summary['min_accuracy']:.4f}, "
+            f"+- {summary['std_accuracy']:.4f}{mean_text} (min {summary['min_accuracy']:.4f}, "
             f"max {summary['max_accuracy']:.4f}), {summary['runs_reaching_target']}/"
             f"{summary.get('finished_runs', summary['completed_runs'])} "
             f"reached {target:.2%}{wilson_text}, {median_text}, "
@@ -207,10 +214,10 @@ def airbench_summary_line(summary: dict, target: float) -> str:
     """airbench's claim: the mean final accuracy over n runs against the target, and the mean clock."""
     n, mean = summary["completed_runs"], summary["mean_accuracy"]
     interval = summary.get("ci95_accuracy")
-    interval_text = f" (95% CI {interval[0]:.4f}-{interval[1]:.4f})" if interval else ""
+    mean_text = f" (95% CI {interval_text(interval, 4)})" if interval else ""
     verdict = f"meets {target:.2%}" if mean >= target else f"misses {target:.2%} by {target - mean:.4f}"
     return (f"airbench rule: mean accuracy {mean:.4f} +- {summary['std_accuracy']:.4f} over n={n} runs"
-            f"{interval_text}, {verdict}; {summary['mean_train_seconds']:.2f} "
+            f"{mean_text}, {verdict}; {summary['mean_train_seconds']:.2f} "
             f"+- {summary['std_train_seconds']:.2f} s per run ({TIMING_RULES['airbench'].split(';')[0]}); "
             f"{summary['runs_reaching_target']}/{summary.get('finished_runs', n)} runs reached it alone")
 

@@ -34,8 +34,18 @@ def test_summary_counts_runs_reaching_target_and_takes_the_median():
     assert summary["min_accuracy"] == 0.939 and summary["max_accuracy"] == 0.95
     assert summary["mean_train_seconds"] == pytest.approx(10.5)
     line = report.summary_line(summary, 0.94)
-    assert "3/5 reached 94.00% (95% 0.23-0.88)" in line  # the diverged run did not reach it either
-    assert "(IQR 6.50-7.50)" in line and "95% CI of the mean 0.9360-0.9515" in line
+    assert "3/5 reached 94.00% (95% [0.23, 0.88])" in line  # the diverged run did not reach it either
+    assert "(IQR [6.50, 7.50])" in line and "95% CI of the mean [0.9360, 0.9515]" in line
+
+
+def test_the_interval_of_a_mean_accuracy_stays_inside_0_and_1():
+    """Two runs far apart: the t interval (t = 12.706 at 1 degree of freedom) reaches below 0 and above 1."""
+    runs = [run(0.05, None), run(0.6, None)]
+    summary = report.summarize(runs)
+    half = 12.7062047 * 0.55 / 2  # t(0.975, 1) x sem; sem = |0.6 - 0.05| / 2
+    assert 0.325 - half < 0 and 0.325 + half > 1
+    assert summary["ci95_accuracy"] == [0.0, 1.0]
+    assert "95% CI of the mean [0.0000, 1.0000]" in report.summary_line(summary, 0.94)
 
 
 def test_summary_statistics_by_hand():
