@@ -19,7 +19,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from jax_resnet_speed import cli, report
+from jax_resnet_speed import cli, install_hint, report
 
 COMMANDS = {
     "jax": ["-m", "jax_resnet_speed.train"],
@@ -221,7 +221,7 @@ def plot(results: dict, title: str, target: float | None, path: pathlib.Path) ->
     try:
         import matplotlib
     except ImportError:
-        print("matplotlib is not installed (pip install 'jax_resnet_speed[plot]'): skipping compare.png")
+        print(f"matplotlib is not installed ({install_hint('plot')}): skipping compare.png")
         return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -329,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     cli.validate(args, parser)
     if any(name.startswith("torch") for name in args.frameworks) and importlib.util.find_spec("torch") is None:
-        print("error: PyTorch is not installed; pip install 'jax_resnet_speed[torch]' "
+        print(f"error: PyTorch is not installed; {install_hint('torch')} "
               "(or --frameworks jax)", file=sys.stderr)
         return cli.EXIT_DATA_ERROR
     return compare(args)

@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jax_resnet_speed import install_hint
+
 # (header, metrics key, format) for the per-epoch table, in Myrtle's column order.
 COLUMNS = (
     ("epoch", "epoch", "{:>5d}"),
@@ -363,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plot", metavar="PNG", help="histogram of the final accuracies, the target marked")
     args = parser.parse_args(argv)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
-        print('error: --plot draws with matplotlib; install it with pip install -e ".[plot]"', file=sys.stderr)
+        print(f"error: --plot draws with matplotlib; install it with {install_hint('plot')}", file=sys.stderr)
         return 1
     try:
         payloads = []

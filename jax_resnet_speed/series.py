@@ -21,7 +21,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from jax_resnet_speed import cli, presets, report
+from jax_resnet_speed import cli, install_hint, presets, report
 
 FORMAT = 1  # series.json's layout version
 JSON_NAME, MD_NAME, PNG_NAME = "series.json", "series.md", "series.png"
@@ -353,7 +353,7 @@ def write_png(path: str, series: dict, rows: Sequence[dict]) -> str | None:
         from matplotlib.figure import Figure
         from matplotlib.ticker import FuncFormatter
     except ImportError:
-        return f"matplotlib is not installed: skipped {PNG_NAME} (pip install matplotlib)"
+        return f"matplotlib is not installed: skipped {PNG_NAME} ({install_hint('plot')})"
     nan = float("nan")
     value = lambda v, scale=1.0: nan if v is None else v * scale  # noqa: E731
     x = list(range(len(rows)))

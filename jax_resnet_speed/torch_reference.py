@@ -21,7 +21,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-INSTALL_HINT = "PyTorch is not installed; pip install 'jax_resnet_speed[torch]'"
+from jax_resnet_speed import install_hint
+
+INSTALL_HINT = f"PyTorch is not installed; {install_hint('torch')}"
 try:
     import torch
     import torch.nn.functional as F

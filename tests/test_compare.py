@@ -200,7 +200,7 @@ def test_without_torch_asking_for_it_is_one_line_and_exit_1(monkeypatch, capsys)
     monkeypatch.setattr(compare.importlib.util, "find_spec", lambda name: None)
     assert compare.main(["--frameworks", "jax,torch"]) == cli.EXIT_DATA_ERROR
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: PyTorch is not installed; pip install 'jax_resnet_speed[torch]' (or --frameworks jax)"]
+    assert err == ['error: PyTorch is not installed; pip install -e ".[torch]" (or --frameworks jax)']
 
 
 def test_a_real_failing_run_reports_its_error_line(tmp_path, capsys):

@@ -319,7 +319,7 @@ def test_tfds_through_the_trainer_and_data_info(mocked_tfds, capsys):
 
 def test_tfds_missing_says_which_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
-    with pytest.raises(data.DataError, match=r"pip install 'jax_resnet_speed\[tfds\]'"):
+    with pytest.raises(data.DataError, match=r'pip install -e "\.\[tfds\]"'):
         data.load_cifar10("tfds")
 
 

@@ -316,9 +316,9 @@ def test_ctrl_c_writes_what_finished(tiny_npz, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("how, expected", [
     ("import jax_resnet_speed.torch_reference", "ImportError: PyTorch is not installed; "
-                                                "pip install 'jax_resnet_speed[torch]'"),
+                                                'pip install -e ".[torch]"'),
     ("import runpy; runpy.run_module('jax_resnet_speed.torch_reference', run_name='__main__')",
-     "error: PyTorch is not installed; pip install 'jax_resnet_speed[torch]'"),
+     'error: PyTorch is not installed; pip install -e ".[torch]"'),
 ])
 def test_without_torch_the_error_names_the_extra(how, expected):
     hide_torch = "import sys; sys.modules['torch'] = None; "  # makes `import torch` raise ImportError

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from jax_resnet_speed import progress
+from jax_resnet_speed import install_hint, progress
 from jax_resnet_speed.data._canonical import HOW_TO_PROVIDE, DataError, Dataset, finish, one_line
 
 
@@ -20,7 +20,7 @@ def read_tfds(name: str) -> Dataset:
         import tensorflow_datasets as tfds  # only here: importing it takes a second or two
     except ImportError as error:
         raise DataError(f"--data tfds needs tensorflow-datasets ({one_line(error)}): "
-                        "pip install 'jax_resnet_speed[tfds]'") from None
+                        f"{install_hint('tfds')}") from None
     try:
         train, test = tfds.data_source(name, split=["train", "test"])
         class_names = tuple(train.dataset_info.features["label"].names)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jax_resnet_speed import cli, report
+from jax_resnet_speed import cli, install_hint, report
 
 PROGRESS_PREFIX = "  "
 
@@ -120,7 +120,7 @@ def main(run: Callable[[argparse.Namespace], list[str]], parser: argparse.Argume
     args = parser.parse_args(argv)
     # Checked before a long run, not after it.
     if importlib.util.find_spec("matplotlib") is None:
-        print('error: the experiments draw with matplotlib; install it with pip install -e ".[plot]"',
+        print(f"error: the experiments draw with matplotlib; install it with {install_hint('plot')}",
               file=sys.stderr)
         return cli.EXIT_DATA_ERROR
     for name in ("epochs", "train_subset", "test_subset"):
