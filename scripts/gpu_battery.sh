@@ -59,7 +59,7 @@ compare_presets() {
 }
 prepare() { limit 60 python3 -m jax_resnet_speed.data prepare "$data" --cache-dir "$cache" > /dev/null; }
 
-limit 60 python3 - > "$out/versions.txt" 2>&1 <<'EOF'
+limit 30 python3 - > "$out/versions.txt" 2>&1 <<'EOF'
 import importlib.metadata as metadata
 import jax
 for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch"):
@@ -136,4 +136,4 @@ case $part in
     } 2>&1 | tee "$out/final.log" ;;
 esac
 echo
-limit 60 python3 -m jax_resnet_speed.results --targets "$targets" "$out" | tee "$out/tables.md"
+limit 30 python3 -m jax_resnet_speed.results --targets "$targets" "$out" | tee "$out/tables.md"
