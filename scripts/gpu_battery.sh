@@ -4,7 +4,7 @@
 #   PYTHONPATH=. bash scripts/gpu_battery.sh PART "$OUT"
 # Parts and their expected durations on an H100 (estimates, derived in docs/results.md, until a GPU
 # session replaces them with what it saw):
-#   headline          ~6 min  preflight (~30 s); myrtle-final, airbench94 and airbench94-muon, --runs 5 each,
+#   headline        5-6.5 min preflight (~30 s); myrtle-final, airbench94 and airbench94-muon, --runs 5 each,
 #                             full width, default precision; seconds to 93.0, 93.5 and 94.0% per preset
 #   compare           ~6 min  JAX against PyTorch eager: myrtle-final and airbench94-muon, --runs 3 each
 #   bench             ~4 min  the train step: JAX (both loops, cold and warm compile, default and fast XLA
@@ -77,6 +77,10 @@ EOF
 { command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
   date -u; } >> "$out/versions.txt" 2>&1
 cat "$out/versions.txt"
+if [ "$part" != bench ] && [ ! -e "$data" ]; then  # the trainer would try to download it: no network there
+  echo "preflight failed: no dataset at $data; copy it to .data/ and name .data in the call's carry"
+  exit 1
+fi
 
 case $part in
   headline)
@@ -112,7 +116,7 @@ case $part in
   compare-compiled)
     {
       prepare
-      compare_presets 480 compare-compiled-myrtle-final myrtle-final jax,torch-compile
+      compare_presets 420 compare-compiled-myrtle-final myrtle-final jax,torch-compile
     } 2>&1 | tee "$out/compare-compiled.log" ;;
   rest)
     {

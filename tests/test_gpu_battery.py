@@ -70,3 +70,11 @@ def test_rehearsal_headline_stops_at_once_on_a_failed_preflight(tiny_npz, tmp_pa
                       "(is the CUDA plugin installed?)"]
     assert "headline stopped by the preflight (exit 1)" in result.stdout
     assert not list(out.glob("*.json")) and "tables.md" not in os.listdir(out)
+
+
+@pytest.mark.rehearsal
+def test_rehearsal_without_the_dataset_no_part_starts(tmp_path):
+    result = battery("headline", tmp_path / "out", tmp_path, str(tmp_path / "missing.tar.gz"))
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[-1] == (f"preflight failed: no dataset at {tmp_path / 'missing.tar.gz'}; "
+                                              "copy it to .data/ and name .data in the call's carry")
