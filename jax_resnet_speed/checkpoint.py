@@ -63,7 +63,7 @@ def leaf_name(path: tuple) -> str:
 def leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
     """{leaf name: (shape, dtype)} of a tree of arrays or of Orbax's array metadata."""
     return {leaf_name(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+            for path, leaf in jax.tree.flatten_with_path(tree)[0]}
 
 
 def first_line(error: Exception) -> str:
@@ -96,7 +96,7 @@ class Checkpoints:
         are stored as their key data. Call it off the training clock.
         """
         json.dumps(progress)  # a TypeError now, not after Orbax has begun a folder it then leaves half-written
-        host = jax.tree_util.tree_map(to_host, state)
+        host = jax.tree.map(to_host, state)
         if index in self.manager.all_steps():
             raise CheckpointError(f"checkpoint {index} already exists in {self.directory}; resume from the "
                                   f"latest one ({self.latest()}) instead of starting over, or use another folder")
@@ -139,13 +139,13 @@ class Checkpoints:
         """
         index = self.existing(index)
         self.check_matches(like, index)
-        targets = jax.tree_util.tree_map(restore_target, like)
+        targets = jax.tree.map(restore_target, like)
         try:
             restored = self.manager.restore(index, args=ocp.args.Composite(**{
                 STATE: ocp.args.StandardRestore(targets), PROGRESS: ocp.args.JsonRestore()}))
         except Exception as error:  # Orbax raises many kinds (ValueError, FileNotFoundError, tensorstore's)
             raise CheckpointError(f"cannot read checkpoint {index} in {self.directory}: {first_line(error)}") from error
-        state = jax.tree_util.tree_map(
+        state = jax.tree.map(
             lambda leaf, value: jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf)) if is_key(leaf)
             else value, like, restored[STATE])
         return state, restored[PROGRESS]
@@ -156,7 +156,7 @@ class Checkpoints:
             saved = leaf_specs(self.manager.item_metadata(index)[STATE].tree)
         except Exception as error:
             raise CheckpointError(f"cannot read checkpoint {index} in {self.directory}: {first_line(error)}") from error
-        wanted = leaf_specs(jax.tree_util.tree_map(restore_target, like))
+        wanted = leaf_specs(jax.tree.map(restore_target, like))
         problems = [f"{name} missing from the checkpoint" for name in wanted if name not in saved]
         problems += [f"{name} in the checkpoint but not in this run" for name in saved if name not in wanted]
         problems += [f"{name} is {saved[name][1]}{list(saved[name][0])} there, {spec[1]}{list(spec[0])} here"

@@ -31,7 +31,9 @@ FORWARDED = ("data", "cache_dir", "preset", "epochs", "batch_size", "precision",
              "test_subset", "width_mult")
 # accuracy: mean +- std (95% t interval of the mean); reached: runs (95% Wilson interval of the fraction).
 COLUMNS = ("framework", "accuracy", "reached", "median s to target", "median epoch s", "compile s", "ratio")
-INTERRUPT_GRACE_SECONDS = 60
+# How long a Ctrl-C'd run may take to write its JSON. Short: the run it was in is lost anyway, and a
+# caller's kill after its Ctrl-C (the GPU battery's `timeout -s INT -k 30`) must find compare's files written.
+INTERRUPT_GRACE_SECONDS = 15
 
 
 def parse_frameworks(text: str) -> list[str]:

@@ -21,7 +21,7 @@ DEFAULT_LOOPS = {"cpu": "step", "gpu": "step"}
 # XLA options per preset, added to XLA_FLAGS. "default" is XLA as it ships. Every jaxlib knows
 # every backend's options and each backend reads only its own, so a preset lists them together.
 # "fast" holds the candidates that the JAX/XLA documentation and issues name for a small convnet;
-# docs/results.md records what each measurably did (scripts/gpu_battery.sh part 1 measures them).
+# docs/results.md records what each measurably did (scripts/gpu_battery.sh, parts bench and rest, measure them).
 XLA_PRESETS: dict[str, tuple[str, ...]] = {
     "default": (),
     "fast": (

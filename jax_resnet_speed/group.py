@@ -23,7 +23,7 @@ from jax_resnet_speed import optim, report, train
 
 def stack(trees: Sequence[Any]) -> Any:
     """Pytrees of the same structure stacked along a new leading axis."""
-    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
 def keys(seeds: Sequence[int]) -> jax.Array:
@@ -54,7 +54,7 @@ def member_bytes(programs: train.Programs, data: train.DeviceData) -> int:
     analysis of the single-run step. The dataset is shared and not counted."""
     state = jax.eval_shape(programs.init, jax.random.key(0), data.train_padded, programs.hyper)
     batches = jax.eval_shape(programs.epoch_batches, state.rng, jnp.int32(0))
-    state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(state)
+    state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state)
                       if hasattr(leaf.dtype, "itemsize"))
     step = programs.train_step.lower(state, data.train_padded, data.train_labels, batches).compile()
     analysis = step.memory_analysis()

@@ -291,4 +291,4 @@ def extract_patches(images: jax.Array, kernel: int = 3) -> jax.Array:
 
 
 def count_params(params: Any) -> int:
-    return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+    return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))

@@ -91,20 +91,20 @@ def muon(learning_rate: optax.Schedule, momentum: float, nesterov: bool = True, 
     dtype = NS_DTYPES[ns_dtype]
 
     def init(params):
-        return MuonState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.zeros_like, params))
+        return MuonState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
 
     def update(grads, state, params=None):
         if params is None:
             raise ValueError("muon renormalises the weights: pass params to update()")
         lr = learning_rate(state.count)
-        buffers = jax.tree_util.tree_map(lambda b, g: momentum * b + g, state.momentum, grads)
-        directions = (jax.tree_util.tree_map(lambda g, b: g + momentum * b, grads, buffers) if nesterov
+        buffers = jax.tree.map(lambda b, g: momentum * b + g, state.momentum, grads)
+        directions = (jax.tree.map(lambda g, b: g + momentum * b, grads, buffers) if nesterov
                       else buffers)
 
         def step(w, d):
             renormalised = w * (jnp.sqrt(w.shape[-1]) / jnp.linalg.norm(w))
             return renormalised - lr * orthogonalise_filters(d, ns_steps, dtype) - w
 
-        return jax.tree_util.tree_map(step, params, directions), MuonState(state.count + 1, buffers)
+        return jax.tree.map(step, params, directions), MuonState(state.count + 1, buffers)
 
     return optax.GradientTransformation(init, update)

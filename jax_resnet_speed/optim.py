@@ -39,7 +39,7 @@ def param_groups(params: Any, muon: bool = False) -> Any:
             return "bn_bias"
         return "filters" if muon and leaf.ndim == 4 else "weights"
 
-    return jax.tree_util.tree_map_with_path(label, params)
+    return jax.tree.map_with_path(label, params)
 
 
 def nesterov_sgd(lr: optax.Schedule, weight_decay: float | jax.Array, momentum: float | jax.Array, nesterov: bool,
@@ -142,7 +142,7 @@ def ema_update(ema: Any, live: Any, step: jax.Array, momentum: float, every: int
     rho = momentum ** every
     updates = step // every + 1  # k: this is the k-th update when step % every == 0
     mix = jnp.where(step % every == 0, (1 - rho) / (1 - rho ** updates.astype(jnp.float32)), 0.0)
-    return jax.tree_util.tree_map(lambda e, p: e + mix * (p - e), ema, live)
+    return jax.tree.map(lambda e, p: e + mix * (p - e), ema, live)
 
 
 def lookahead_alpha(done: jax.Array, total: int, decay: float, every: int) -> jax.Array:
@@ -158,9 +158,9 @@ def lookahead_update(slow: Any, live: Any, done: jax.Array, total: int, decay: f
     Returns (slow, live)."""
     due = done % every == 0
     mix = jnp.where(due, 1 - lookahead_alpha(done, total, decay, every), 0.0)
-    slow = jax.tree_util.tree_map(lambda s, p: s + mix * (p - s), slow, live)
+    slow = jax.tree.map(lambda s, p: s + mix * (p - s), slow, live)
     reset = due | (done >= total)
-    return slow, jax.tree_util.tree_map(lambda s, p: jnp.where(reset, s, p), slow, live)
+    return slow, jax.tree.map(lambda s, p: jnp.where(reset, s, p), slow, live)
 
 
 class LossScale(NamedTuple):
@@ -182,4 +182,4 @@ class LossScale(NamedTuple):
 
 
 def all_finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -99,6 +100,46 @@ def seconds_to_target(epochs: Sequence[dict], target: float, rule: str = "myrtle
         if metrics["accuracy"] >= target:
             return metrics["train_seconds"]
     return None
+
+
+def seconds_to_targets(runs: Sequence[dict], targets: Sequence[float], rule: str = "myrtle") -> dict[float, dict]:
+    """Seconds to each of `targets`, after the fact, from the completed runs' per-epoch records.
+
+    Each target is judged under the recipe's timing `rule` (seconds_to_target); a target the runs
+    were not aimed at compares presets and frameworks all the same. Per target: `reached`, the runs
+    reaching it, of `finished` (completed or diverged), and the `median_seconds` of those that did.
+    """
+    finished = sum(r["status"] in ("completed", "diverged") for r in runs)
+    done = [r for r in runs if r["status"] == "completed"]
+    result = {}
+    for target in targets:
+        seconds = [s for s in (seconds_to_target(r["epochs"], target, rule) for r in done) if s is not None]
+        result[target] = {"reached": len(seconds), "finished": finished,
+                          "median_seconds": statistics.median(seconds) if seconds else None}
+    return result
+
+
+def parse_targets(text: str) -> list[float]:
+    """--targets 0.93,0.935,0.94: accuracy fractions in (0, 1]."""
+    try:
+        targets = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        targets = []
+    if not targets or not all(0 < target <= 1 for target in targets):
+        raise argparse.ArgumentTypeError(f"takes accuracy fractions such as 0.93,0.935,0.94, got {text!r}")
+    return targets
+
+
+def target_cell(row: dict) -> str:
+    """One target of seconds_to_targets as '12.34 (5/5)': median seconds (runs reaching it/finished)."""
+    seconds = "-" if row["median_seconds"] is None else f"{row['median_seconds']:.2f}"
+    return f"{seconds} ({row['reached']}/{row['finished']})"
+
+
+def targets_line(runs: Sequence[dict], targets: Sequence[float], rule: str = "myrtle") -> str:
+    """The median seconds to each target, with how many runs reached it, under the recipe's timing rule."""
+    cells = [f"{target:.2%} {target_cell(row)}" for target, row in seconds_to_targets(runs, targets, rule).items()]
+    return f"seconds to {', '.join(cells)}: median s (runs reaching it/finished), {rule} rule"
 
 
 def _stats(values: Sequence[float]) -> dict:
@@ -355,7 +396,6 @@ def histogram(merged: dict, target: float, path: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """python -m jax_resnet_speed.report FILE...: merge the result JSONs of one config into one summary."""
-    import argparse
     import sys
 
     parser = argparse.ArgumentParser(prog="python -m jax_resnet_speed.report",
@@ -363,6 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("files", nargs="+", metavar="FILE", help="result JSONs of python -m jax_resnet_speed.train")
     parser.add_argument("--json", metavar="PATH", help="write the merged result here")
     parser.add_argument("--plot", metavar="PNG", help="histogram of the final accuracies, the target marked")
+    parser.add_argument("--targets", type=parse_targets, metavar="LIST",
+                        help="also the seconds to each of these accuracies (e.g. 0.93,0.935,0.94), from the "
+                             "per-epoch records, under the recipe's timing rule")
     args = parser.parse_args(argv)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         print(f"error: --plot draws with matplotlib; install it with {install_hint('plot')}", file=sys.stderr)
@@ -383,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for record in merged["runs"]:
         print(run_line(record, target))
     print(summary_line(merged["summary"], target))
+    if args.targets:
+        print(targets_line(merged["runs"], args.targets, merged["config"]["recipe"]["timing"].get("rule", "myrtle")))
     if args.json:
         write_json(args.json, merged)
         print(f"wrote {args.json}")

@@ -1,10 +1,12 @@
 """The GPU battery's JSON files as the markdown tables of docs/results.md.
 
-    python -m jax_resnet_speed.results OUT_DIR_OR_JSON... [--out tables.md]
+    python -m jax_resnet_speed.results OUT_DIR_OR_JSON... [--targets 0.93,0.935,0.94] [--out tables.md]
 
 Reads every *.json given or found under the folders given: bench results (`bench --json`), trainer
 results (`train --json`) and compare summaries (compare.json). Prints one table per kind, each
-row naming its file, so that a device session's minutes go into measuring, not editing.
+row naming its file, so that a device session's minutes go into measuring, not editing. With
+--targets the training and compare tables also give the seconds to each of those accuracies, from the
+per-epoch records under each recipe's timing rule (report.seconds_to_targets).
 """
 
 from __future__ import annotations
@@ -49,12 +51,13 @@ def bench_rows(name: str, payload: dict) -> list[list[str]]:
     return rows
 
 
-TRAIN_HEADER = ("file", "device", "preset", "precision", "loop", "runs", "accuracy mean +- std (95% CI)",
+TRAIN_HEADER = ("file", "device", "preset", "precision", "loop", "n", "accuracy mean +- std (95% CI)",
                 "reached target", "median s to target", "training s (mean)", "compile s (cache)")
 
 
-def train_row(name: str, payload: dict) -> list[str]:
-    """One row for a `train --json` result."""
+def train_row(name: str, payload: dict, targets: Sequence[float] = ()) -> list[str]:
+    """One row for a `train --json` result; n is the completed runs (of those started, when fewer);
+    then a cell per extra target: median seconds (runs reaching it/finished)."""
     config, summary, env = payload["config"], payload["summary"], payload["environment"]
     target = config["recipe"]["timing"]["target"]
     accuracy = "-"
@@ -64,9 +67,24 @@ def train_row(name: str, payload: dict) -> list[str]:
             accuracy += " ({:.4f}-{:.4f})".format(*summary["ci95_accuracy"])
     reached = f"{summary['runs_reaching_target']}/{summary.get('finished_runs', summary['runs'])} at {target:.2%}"
     cache = (payload.get("compilation") or {}).get("cache") or "-"
+    n = str(summary["completed_runs"])
+    if summary["completed_runs"] != summary["runs"]:
+        n += f" of {summary['runs']}"
+    rule = config["recipe"]["timing"].get("rule", "myrtle")
+    to_targets = report.seconds_to_targets(payload["runs"], targets, rule)
     return [name, env["device_kind"], config["recipe"]["name"], config["precision"], config.get("loop", "step"),
-            str(summary["runs"]), accuracy, reached, _number(summary["median_seconds_to_target"], ".2f"),
-            _number(summary["mean_train_seconds"], ".2f"), f"{_number(payload['compile_seconds'], '.1f')} ({cache})"]
+            n, accuracy, reached, _number(summary["median_seconds_to_target"], ".2f"),
+            _number(summary["mean_train_seconds"], ".2f"), f"{_number(payload['compile_seconds'], '.1f')} ({cache})",
+            *(report.target_cell(row) for row in to_targets.values())]
+
+
+def compare_target_cells(payload: dict, framework: str, targets: Sequence[float]) -> list[str]:
+    """A compare row's cells for the extra targets, from that framework's runs under its recipe's rule."""
+    entry = payload["frameworks"].get(framework)
+    if entry is None:
+        return ["-"] * len(targets)
+    rule = entry["config"]["recipe"]["timing"].get("rule", "myrtle")
+    return [report.target_cell(row) for row in report.seconds_to_targets(entry["runs"], targets, rule).values()]
 
 
 def kind_of(payload: dict) -> str | None:
@@ -91,8 +109,9 @@ def json_files(paths: Iterable[str]) -> list[pathlib.Path]:
     return found
 
 
-def render(paths: Iterable[str]) -> str:
-    """The markdown tables of every readable result under `paths`; raises ValueError if there is none."""
+def render(paths: Iterable[str], targets: Sequence[float] = ()) -> str:
+    """The markdown tables of every readable result under `paths`, the training table with a column
+    per extra target; raises ValueError if there is none."""
     bench, trained, compared = [], [], []
     for path in json_files(paths):
         try:
@@ -103,20 +122,23 @@ def render(paths: Iterable[str]) -> str:
         if kind == "bench":
             bench += bench_rows(path.name, payload)
         elif kind == "train":
-            trained.append(train_row(path.name, payload))
+            trained.append(train_row(path.name, payload, targets))
         elif kind == "compare":
             compared.append((path, payload))
     if not (bench or trained or compared):
         raise ValueError("no bench, train or compare JSON found; pass the battery's output folder or its files")
     lines: list[str] = []
+    target_headers = [f"s to {target:.2%} (reached)" for target in targets]
     if bench:
         lines += ["### Train step (bench)", "", *_table(BENCH_HEADER, bench), ""]
     if trained:
-        lines += ["### Training runs", "", *_table(TRAIN_HEADER, trained), ""]
+        lines += ["### Training runs", "", *_table((*TRAIN_HEADER, *target_headers), trained), ""]
     for path, payload in compared:
         lines += [f"### JAX against PyTorch ({path.parent.name}/{path.name}, preset {payload['config']['preset']}, "
                   f"{payload['config']['runs']} runs each)", "",
-                  *_table(compare.COLUMNS, [compare.table_cells(row) for row in payload["table"]]), "",
+                  *_table((*compare.COLUMNS, *target_headers),
+                          [compare.table_cells(row) + compare_target_cells(payload, row["framework"], targets)
+                           for row in payload["table"]]), "",
                   f"ratio: {payload['ratio_basis']}.", ""]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -126,9 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="JSON files, or folders searched for *.json")
     parser.add_argument("--out", metavar="FILE", help="also write the tables here")
+    parser.add_argument("--targets", type=report.parse_targets, default=[], metavar="LIST",
+                        help="also the median seconds to each of these accuracies (e.g. 0.93,0.935,0.94)")
     args = parser.parse_args(argv)
     try:
-        text = render(args.paths)
+        text = render(args.paths, args.targets)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

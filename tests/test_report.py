@@ -147,3 +147,33 @@ def test_airbench_rule_times_whole_runs_and_judges_the_mean():
     assert "misses 94.00% by 0.0030" in report.summary_line(missed, 0.94)
     # Myrtle's rule stays the default, for records written before the rule was recorded too.
     assert report.summarize([run(0.95, 7.0)])["timing_rule"] == "myrtle"
+
+
+def test_seconds_to_other_targets_come_from_the_epoch_records_under_the_recipes_rule(tmp_path, capsys):
+    runs = [{"seed": 0, "epochs": epochs([0.92, 0.931, 0.936, 0.941])},
+            {"seed": 1, "epochs": epochs([0.925, 0.934, 0.938, 0.939], seconds_per_epoch=3.0)}]
+    for record in runs:
+        report.complete_run(record, 0.94, "airbench")
+    runs += [{"seed": 2, "status": "diverged", "epochs": epochs([0.5])},
+            {"seed": 3, "status": "interrupted", "epochs": epochs([0.95])}]  # neither counted nor timed
+    targets = [0.93, 0.935, 0.94]
+    # Myrtle's rule: the first epoch at or above each target; the median over the runs reaching it, of 3 finished.
+    assert report.seconds_to_targets(runs, targets) == {
+        0.93: {"reached": 2, "finished": 3, "median_seconds": 5.0},
+        0.935: {"reached": 2, "finished": 3, "median_seconds": 7.5},
+        0.94: {"reached": 1, "finished": 3, "median_seconds": 8.0}}
+    # airbench's: the whole run's clock when its final accuracy reaches the target.
+    airbench = report.seconds_to_targets(runs, targets, "airbench")
+    assert [airbench[t]["median_seconds"] for t in targets] == [10.0, 10.0, 8.0]
+    assert [airbench[t]["reached"] for t in targets] == [2, 2, 1]
+    assert report.seconds_to_targets(runs, [0.99])[0.99] == {"reached": 0, "finished": 3, "median_seconds": None}
+
+    path = tmp_path / "a.json"
+    config = {"recipe": {"timing": {"target": 0.94, "rule": "airbench"}}, "seed": 0, "runs": 2}
+    path.write_text(json.dumps({"config": config, "runs": runs[:2]}))
+    assert report.main([str(path), "--targets", "0.93,0.935,0.94"]) == 0
+    assert ("seconds to 93.00% 10.00 (2/2), 93.50% 10.00 (2/2), 94.00% 8.00 (1/2): median s (runs reaching "
+            "it/finished), airbench rule") in capsys.readouterr().out.splitlines()
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(path), "--targets", "0.93,93.5"])
+    assert exit_info.value.code == 2 and "accuracy fractions" in capsys.readouterr().err

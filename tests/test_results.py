@@ -63,3 +63,24 @@ def test_nothing_to_render_is_one_line_and_exit_1(tmp_path, capsys):
     (tmp_path / "broken.json").write_text("{")
     assert results.main([str(tmp_path)]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_the_training_table_gives_the_seconds_to_each_extra_target(tmp_path, capsys):
+    def record(seed, accuracies, status="completed"):
+        return {"seed": seed, "status": status, "final_accuracy": accuracies[-1], "seconds_to_target": None,
+                "epochs": [{"accuracy": a, "train_seconds": 2.0 * (i + 1)} for i, a in enumerate(accuracies)]}
+
+    runs = [record(0, [0.9, 0.932, 0.941]), record(1, [0.91, 0.936, 0.938]), record(2, [0.9], "interrupted")]
+    payload = {**TRAIN, "runs": runs, "summary": {**TRAIN["summary"], "runs": 3}}
+    (tmp_path / "final.json").write_text(json.dumps(payload))
+    assert results.main([str(tmp_path), "--targets", "0.93,0.935,0.94"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].endswith("| s to 93.00% (reached) | s to 93.50% (reached) | s to 94.00% (reached) |")
+    # Myrtle's rule (the recipe's default): the first epoch at or above each target.
+    assert lines[4].startswith("| final.json | NVIDIA H100 80GB HBM3 | myrtle-final | bf16 | step | 2 of 3 | ")
+    assert lines[4].endswith("| 4.00 (2/2) | 5.00 (2/2) | 6.00 (1/2) |")
+    airbench = {**payload, "config": {**TRAIN["config"], "recipe": {"name": "airbench94",
+                                                                     "timing": {"target": 0.94, "rule": "airbench"}}}}
+    (tmp_path / "final.json").write_text(json.dumps(airbench))
+    assert results.main([str(tmp_path), "--targets", "0.93,0.935,0.94"]) == 0
+    assert capsys.readouterr().out.splitlines()[4].endswith("| 6.00 (2/2) | 6.00 (2/2) | 6.00 (1/2) |")

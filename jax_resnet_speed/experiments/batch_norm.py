@@ -121,7 +121,7 @@ def he_initialised(programs: train.Programs) -> train.Programs:
             is_conv = path[-1].key == "kernel" and path[0].key != "classifier"
             return weight * math.sqrt(6) if is_conv else weight
 
-        return state.replace(params=jax.tree_util.tree_map_with_path(scaled, state.params))
+        return state.replace(params=jax.tree.map_with_path(scaled, state.params))
 
     init = programs.init
     return dataclasses.replace(programs, init=lambda key, images, hyper: rescale(init(key, images, hyper)))

@@ -60,7 +60,7 @@ def layer_name(path: tuple) -> str | None:
 
 def conv_kernels(params: Any) -> dict[str, jax.Array]:
     """Every conv kernel by its layer name, in network order."""
-    kernels = {layer_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+    kernels = {layer_name(path): leaf for path, leaf in jax.tree.leaves_with_path(params)}
     kernels = {name: leaf for name, leaf in kernels.items() if name not in (None, "classifier")}
     return dict(sorted(kernels.items(), key=lambda item: layer_order(item[0])))
 
@@ -106,7 +106,7 @@ def scale_invariance(net, state: train.TrainState, images: jax.Array, labels: ja
 
 def scale_layer(params: Any, name: str, factor: float) -> Any:
     """params with the kernel of layer `name` (conv_kernels' names, or `classifier`) times `factor`."""
-    return jax.tree_util.tree_map_with_path(lambda path, leaf: leaf * factor if layer_name(path) == name else leaf,
+    return jax.tree.map_with_path(lambda path, leaf: leaf * factor if layer_name(path) == name else leaf,
                                             params)
 
 
