@@ -1,8 +1,5 @@
 import json
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +9,7 @@ from flax import traverse_util
 
 from jax_resnet_speed import model, optim, train
 from jax_resnet_speed.experiments import batch_norm
+from conftest import run_experiment_quickly
 
 
 def test_stress_recipe_doubles_the_lr_every_two_epochs():
@@ -93,16 +91,13 @@ def test_channel_statistics():
 
 @pytest.mark.slow
 def test_smoke_run_writes_the_figure_json_and_summary(tiny_npz, tmp_path):
-    # A subprocess, so that XLA compiles without LLVM's optimisations (conftest.QUICK_COMPILE, which only
-    # XLA_FLAGS can set for a whole process): the outputs are checked, not the numbers, and compiling
-    # the two nets' programs, Hessian products and Jacobians is most of the run.
+    # A subprocess compiled with QUICK_COMPILE: compiling two nets' programs, Hessian products and Jacobians is
+    # most of the run.
     out = tmp_path / "out"
-    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"}
-    result = subprocess.run(
-        [sys.executable, "-m", "jax_resnet_speed.experiments.batch_norm", "--out", str(out), "--data", tiny_npz,
-         "--cache-dir", str(tmp_path / "cache"), "--width-mult", "0.0625", "--epochs", "2", "--batch-size", "32",
-         "--train-subset", "64", "--test-subset", "50", "--hessian-images", "32", "--lanczos-iterations", "4"],
-        capture_output=True, text=True, timeout=900, env=env)
+    result = run_experiment_quickly(
+        "batch_norm", "--out", str(out), "--data", tiny_npz, "--cache-dir", str(tmp_path / "cache"), "--width-mult",
+        "0.0625", "--epochs", "2", "--batch-size", "32", "--train-subset", "64", "--test-subset", "50",
+        "--hessian-images", "32", "--lanczos-iterations", "4")
     assert result.returncode == 0, result.stderr
     assert "stress without_bn: epoch  2" in result.stdout
     assert (out / "batch_norm.png").stat().st_size > 10_000
