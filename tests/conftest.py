@@ -1,20 +1,64 @@
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 
+# Files whose module-scoped fixtures compile programs or run subprocesses. Under --dist loadgroup each
+# file's tests stay on one worker, so those fixtures are built once; every other test is scheduled alone.
+ONE_WORKER_FILES = ("test_data.py", "test_group.py", "test_parallel.py", "test_train.py", "test_xla_report.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in ONE_WORKER_FILES:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+# .ci/run names the folder; without it, the workers of one pytest run share one under its base temp.
+CACHE_VARIABLE = "JAX_RESNET_SPEED_TEST_CACHE"
+
+
+def shared_cache_home(tmp_path_factory) -> pathlib.Path:
+    """The XDG cache home of the whole run: every xdist worker gets the same folder, because under
+    xdist each worker's base temp (.../popen-gwN) sits in the run's own folder."""
+    if os.environ.get(CACHE_VARIABLE):
+        return pathlib.Path(os.environ[CACHE_VARIABLE])
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xdg-cache"
+
+
 @pytest.fixture(scope="session", autouse=True)
-def user_cache_in_a_temporary_folder(tmp_path_factory):
-    """The compilation cache (and any default dataset cache) of the whole session in one temporary
-    folder, subprocesses included: programs compiled by one test load warm in the next."""
+def shared_compilation_cache(tmp_path_factory):
+    """One persistent XLA cache for every worker and subprocess of the run: XDG_CACHE_HOME points at
+    the shared folder (the CLI's default cache, for subprocesses) and this process uses its xla/
+    folder, as the CLI would. Workers may write the same entry at once; jax writes entries without
+    a lock, and an entry it cannot read back is a warning and a recompile, never a wrong program."""
+    from jax_resnet_speed import compilation
+
     previous = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
-    yield
+    os.environ["XDG_CACHE_HOME"] = str(shared_cache_home(tmp_path_factory))
+    cache = compilation.default_compile_cache()
+    compilation.enable_cache(cache)
+    yield cache
+    compilation.enable_cache(None)
     if previous is None:
         del os.environ["XDG_CACHE_HOME"]
     else:
         os.environ["XDG_CACHE_HOME"] = previous
+
+
+@pytest.fixture(autouse=True)
+def compilation_cache_restored(shared_compilation_cache):
+    """A test that runs cli.main with --compile-cache or --no-compile-cache leaves the shared cache on for the next."""
+    yield
+    from jax_resnet_speed import compilation
+
+    compilation.enable_cache(shared_compilation_cache)
 
 
 # For tests that run a program once to check shapes, dtypes and that a step moves every weight: XLA:CPU
@@ -29,6 +73,15 @@ def run_quickly(fn, *args):
     import jax
 
     return jax.jit(fn).lower(*args).compile(QUICK_COMPILE)(*args)
+
+
+def run_experiment_quickly(name: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m jax_resnet_speed.experiments.<name> args` compiled with QUICK_COMPILE, which only XLA_FLAGS
+    can set for a whole process: for smoke runs that check an experiment's outputs, not its numbers,
+    where compiling is most of the run."""
+    flags = " ".join([os.environ.get("XLA_FLAGS", ""), *(f"--{k}={v}" for k, v in QUICK_COMPILE.items())])
+    return subprocess.run([sys.executable, "-m", f"jax_resnet_speed.experiments.{name}", *args],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "XLA_FLAGS": flags.strip()})
 
 
 def make_learnable(n: int, seed: int, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ from flax import traverse_util
 
 from jax_resnet_speed import model, optim, train
 from jax_resnet_speed.experiments import batch_norm
+from conftest import run_experiment_quickly
 
 
 def test_stress_recipe_doubles_the_lr_every_two_epochs():
@@ -88,13 +89,17 @@ def test_channel_statistics():
     assert identical["cosine"] == pytest.approx(1.0)
 
 
-def test_smoke_run_writes_the_figure_json_and_summary(tiny_npz, tmp_path, capsys):
+@pytest.mark.slow
+def test_smoke_run_writes_the_figure_json_and_summary(tiny_npz, tmp_path):
+    # A subprocess compiled with QUICK_COMPILE: compiling two nets' programs, Hessian products and Jacobians is
+    # most of the run.
     out = tmp_path / "out"
-    code = batch_norm.main(["--out", str(out), "--data", tiny_npz, "--cache-dir", str(tmp_path / "cache"),
-                            "--width-mult", "0.0625", "--epochs", "2", "--batch-size", "64", "--train-subset", "256",
-                            "--test-subset", "100", "--hessian-images", "64", "--lanczos-iterations", "4"])
-    assert code == 0
-    assert "stress without_bn: epoch  2" in capsys.readouterr().out
+    result = run_experiment_quickly(
+        "batch_norm", "--out", str(out), "--data", tiny_npz, "--cache-dir", str(tmp_path / "cache"), "--width-mult",
+        "0.0625", "--epochs", "2", "--batch-size", "32", "--train-subset", "64", "--test-subset", "50",
+        "--hessian-images", "32", "--lanczos-iterations", "4")
+    assert result.returncode == 0, result.stderr
+    assert "stress without_bn: epoch  2" in result.stdout
     assert (out / "batch_norm.png").stat().st_size > 10_000
     payload = json.loads((out / "batch_norm.json").read_text())
     assert {"settings", "environment", "stress", "collapse", "hessian", "summary"} <= set(payload)

@@ -6,6 +6,7 @@ import pytest
 
 from jax_resnet_speed import presets
 from jax_resnet_speed.experiments import hyperparameters as hp
+from conftest import run_experiment_quickly
 
 
 def test_offsets_centre_on_the_recipe():
@@ -45,10 +46,13 @@ def test_flatness_by_hand():
     assert hp.flatness(with_gap, keys, control)["along"] == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_smoke_run_in_chunks_writes_the_figure_json_and_summary(tiny_npz, tmp_path):
-    code = hp.main(["--out", str(tmp_path), "--data", tiny_npz, "--width-mult", "0.0625", "--epochs", "1",
-                    "--grid", "2", "--points-at-once", "3", "--test-subset", "100", "--slices", "lr_momentum"])
-    assert code == 0
+    # A subprocess compiled with QUICK_COMPILE (conftest): compiling is most of the run.
+    result = run_experiment_quickly("hyperparameters", "--out", str(tmp_path), "--data", tiny_npz, "--width-mult",
+                                    "0.0625", "--epochs", "1", "--grid", "2", "--points-at-once", "3", "--batch-size",
+                                    "32", "--train-subset", "64", "--test-subset", "50", "--slices", "lr_momentum")
+    assert result.returncode == 0, result.stderr
     png, payload, summary = (tmp_path / f"hyperparameters.{ext}" for ext in ("png", "json", "md"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads(payload.read_text())

@@ -9,6 +9,7 @@ import pytest
 
 from jax_resnet_speed import model, optim, presets, train
 from jax_resnet_speed.experiments import weight_decay
+from conftest import run_experiment_quickly
 
 
 @pytest.mark.parametrize("nesterov", [True, False])
@@ -68,17 +69,20 @@ def test_smoothed_is_a_trailing_mean():
     np.testing.assert_allclose(weight_decay.smoothed(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_the_figure_json_and_summary(tiny_npz, tmp_path):
-    code = weight_decay.main(["--out", str(tmp_path), "--data", tiny_npz, "--width-mult", "0.0625",
-                              "--epochs", "2", "--batch-size", "64", "--test-subset", "100"])
-    assert code == 0
+    # A subprocess compiled with QUICK_COMPILE (conftest): compiling is most of the run.
+    result = run_experiment_quickly("weight_decay", "--out", str(tmp_path), "--data", tiny_npz, "--width-mult",
+                                    "0.0625", "--epochs", "2", "--batch-size", "32", "--train-subset", "64",
+                                    "--test-subset", "50")
+    assert result.returncode == 0, result.stderr
     png, payload, summary = (tmp_path / f"weight_decay.{ext}" for ext in ("png", "json", "md"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads(payload.read_text())
     assert {"settings", "environment", "recipe", "layers", "lr", "norms", "relative_updates",
             "scale_invariance", "measured_over_predicted", "epochs"} <= set(result)
     steps = len(result["lr"])
-    assert steps == 2 * (512 // 64)
+    assert steps == 2 * (64 // 32)
     assert len(result["norms"]) == len(result["layers"]) == 8 and all(len(n) == steps for n in result["norms"])
     assert "Scale invariance" in summary.read_text()
     table = [line for line in summary.read_text().splitlines() if line.startswith("| ")]

@@ -90,7 +90,25 @@ def test_members_of_a_group_do_not_interact(data, grouped):
 
 
 def test_a_trained_group_matches_its_members_trained_alone(data, grouped, single):
-    """Whole runs: members with their own seed and hyperparameters against single runs with those values."""
+    """Two steps on two batches: members with their own seed and hyperparameters against single runs with
+    those values, parameters compared at the first-step test's tolerance; then whole runs for the bookkeeping."""
+    # The largest difference over the layers, relative to the layer's largest update, measured on an AVX2
+    # machine for members 0 and 1: 5e-5 and 6e-5 after one step, 4.8e-3 and 3e-5 after two, 2.3e-2 and
+    # 3e-5 after three; member 0's jump after step 1 fits a discrete choice (a max-pool near-tie) flipping.
+    initial, params = first_steps(grouped, group.keys([p[0] for p in POINTS]), hypers_of(POINTS), data, steps=2,
+                                  with_initial=True)
+    for member, point in enumerate(POINTS[:2]):
+        _, programs = single(point)
+        alone_initial, expected = first_steps(programs, jax.random.key(point[0]), programs.hyper, data, steps=2,
+                                              with_initial=True)
+        for start, got, alone_start, want in zip(*map(jax.tree_util.tree_leaves, (initial, params, alone_initial,
+                                                                                  expected))):
+            np.testing.assert_array_equal(start[member], alone_start)
+            update, update_alone = got[member] - start[member], want - alone_start
+            np.testing.assert_allclose(update, update_alone, atol=1e-2 * float(jnp.abs(update_alone).max()))
+
+    # Whole runs: what group.run reports per member. Their losses are not compared: training amplifies the
+    # vmapped convolutions' other summation order (the first test) chaotically over a run.
     records, seen, epochs_done = [{} for _ in POINTS], [], []
     config = train.RunConfig(RECIPE, "fp32", 0.125)
     group.run(grouped, data, config, [p[0] for p in POINTS], [optim.Hyper.of(RECIPE, *p[1:]) for p in POINTS],
@@ -100,15 +118,8 @@ def test_a_trained_group_matches_its_members_trained_alone(data, grouped, single
         single_config, programs = single(point)
         expected = train.run(programs, data, single_config, point[0], lambda m: None, {})
         assert record["status"] == expected["status"] == "completed"
-        # Training amplifies the summation-order differences of the vmapped convolutions (first
-        # test) to under 1% in the losses of these 8-step runs. Not the test accuracy: these barely
-        # trained nets put many test images on a decision boundary (measured 0.507 against 0.420
-        # at losses within 0.4%).
         for got, want in zip(record["epochs"], expected["epochs"], strict=True):
             assert got["lr"] == pytest.approx(want["lr"], rel=1e-6)
-            assert got["train_loss"] == pytest.approx(want["train_loss"], rel=2e-2)
-            assert got["test_loss"] == pytest.approx(want["test_loss"], rel=2e-2)
-            assert got["train_accuracy"] == pytest.approx(want["train_accuracy"], abs=0.02)
 
 
 def test_a_diverging_member_is_marked_while_the_others_finish(data, grouped):

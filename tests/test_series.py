@@ -14,28 +14,6 @@ TINY = ["--width-mult", "0.125", "--batch-size", "64", "--epochs", "1", "--train
         "--test-subset", "100", "--precision", "fp32"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A preset takes 30-60 s to compile on a small CPU; later calls with the same shapes load it back.
-
-    JAX reads the cache directory once, when it first uses the cache: reset_cache makes it read the new one.
-    """
-    import jax
-    from jax.experimental.compilation_cache.compilation_cache import reset_cache
-
-    settings = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
-                "jax_persistent_cache_min_compile_time_secs": 0.0,
-                "jax_persistent_cache_min_entry_size_bytes": -1}
-    saved = {name: getattr(jax.config, name) for name in settings}
-    for name, value in settings.items():
-        jax.config.update(name, value)
-    reset_cache()
-    yield
-    for name, value in saved.items():
-        jax.config.update(name, value)
-    reset_cache()
-
-
 @pytest.fixture
 def argv(tiny_npz, tmp_path):
     def make(out, *extra, presets_=f"{FIRST},{LAST}"):
