@@ -31,7 +31,7 @@ except ImportError as error:
         raise SystemExit(f"error: {INSTALL_HINT}") from None
     raise ImportError(INSTALL_HINT) from error
 
-from jax_resnet_speed import cli, model as jax_model, report, train
+from jax_resnet_speed import cli, loop, model as jax_model, train
 from jax_resnet_speed.data import DataError, Dataset
 from jax_resnet_speed.presets import Data, Network as NetworkSpec, Recipe
 from jax_resnet_speed.train import EVAL_BATCH, IMAGE_SIZE
@@ -691,40 +691,41 @@ def warm_up(trainer: Trainer, data: DeviceData, seed: int) -> float:
     return time.perf_counter() - start
 
 
+class Engine:
+    """loop.Engine over a Trainer that is already reset for its run."""
+
+    def __init__(self, trainer: Trainer, data: DeviceData):
+        self.trainer, self.data = trainer, data
+        self.steps_per_epoch = trainer.steps_per_epoch
+
+    def init(self) -> None:
+        """Under airbench's rule, the whitening filters again, so that the clock covers them."""
+        recipe = self.trainer.recipe
+        if recipe.timing.rule == "airbench" and recipe.network.stem == "whitening-bias":
+            self.trainer.recompute_whitening(self.data)
+            self.trainer.synchronize()
+
+    def train_epoch(self, epoch: int, steps: int) -> None:
+        self.trainer.train_epoch(self.data, steps, epoch)
+        self.trainer.synchronize()
+
+    def totals(self) -> np.ndarray:
+        return np.array([[*self.trainer.totals.tolist(), self.trainer.examples]])
+
+    def evaluate(self) -> np.ndarray:
+        return np.array([self.trainer.evaluate(self.data)])
+
+    def learning_rates(self, done: int) -> np.ndarray:
+        return np.array([self.trainer.schedule(done)])
+
+
 def run(trainer: Trainer, data: DeviceData, seed: int, on_epoch: Callable[[dict], None], record: dict) -> dict:
-    """One timed run, as train.run: the clock covers the training epochs; evaluation is timed apart."""
-    recipe = trainer.recipe
-    airbench_rule = recipe.timing.rule == "airbench"
-    record.update(seed=seed, status="running", epochs=[], final_accuracy=None, seconds_to_target=None)
+    """One timed run, as train.run (loop.run); the fresh weights of `seed` are made off the clock."""
     trainer.reset(seed)
     trainer.synchronize()
-    start = time.perf_counter()
-    if airbench_rule and recipe.network.stem == "whitening-bias":
-        trainer.recompute_whitening(data)
-        trainer.synchronize()
-    train_seconds, previous = time.perf_counter() - start if airbench_rule else 0.0, np.zeros(3)
-    lengths = train.epoch_steps(recipe, trainer.steps_per_epoch)
-    for epoch, steps in enumerate(lengths, 1):
-        start = time.perf_counter()
-        trainer.train_epoch(data, steps, epoch)
-        trainer.synchronize()
-        epoch_seconds = time.perf_counter() - start
-        train_seconds += epoch_seconds
-        totals = np.array([*trainer.totals.tolist(), trainer.examples])
-
-        eval_start = time.perf_counter()
-        correct, correct_tta, loss_sum, count = trainer.evaluate(data)
-        eval_seconds = time.perf_counter() - eval_start
-        if airbench_rule and epoch == len(lengths):
-            train_seconds += eval_seconds  # the final evaluation, with TTA, is on airbench's clock
-
-        done = (epoch - 1) * trainer.steps_per_epoch + steps
-        metrics = report.epoch_metrics(epoch, trainer.schedule(done), totals - previous,
-                                       (correct, correct_tta, loss_sum, count), recipe.evaluation.tta,
-                                       epoch_seconds, train_seconds, eval_seconds)
-        previous = totals
-        report.add_epoch(record, metrics, on_epoch)
-    report.complete_run(record, recipe.timing.target, recipe.timing.rule)
+    diverged = loop.run(Engine(trainer, data), trainer.recipe, [seed], [record], lambda member, m: on_epoch(m))
+    if diverged:
+        raise diverged[0]
     return record
 
 

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_resnet_speed import compilation, model, presets, report, train
+from jax_resnet_speed import compilation, loop, model, presets, report, train
 
 MEAN, STD = np.array([0.5, 0.5, 0.5]), np.array([0.25, 0.25, 0.25])
 
@@ -149,8 +149,8 @@ def test_six_view_tta_is_the_weighted_mean_of_the_six_views():
 
 def test_fractional_epochs_end_inside_the_last_epoch():
     recipe = presets.get_preset("airbench94")
-    assert train.epoch_steps(recipe, 48) == [48] * 9 + [44]  # ceil(9.9 x 48) = 476 steps
-    assert train.epoch_steps(recipe.with_epochs(2), 10) == [10, 10]
+    assert loop.epoch_steps(recipe, 48) == [48] * 9 + [44]  # ceil(9.9 x 48) = 476 steps
+    assert loop.epoch_steps(recipe.with_epochs(2), 10) == [10, 10]
 
 
 @pytest.fixture(scope="module", params=["airbench94", "airbench94-muon"])
