@@ -76,6 +76,13 @@ def members_that_fit(per_member: int, available: int, headroom: float = 0.8) -> 
     return max(1, int(available * headroom) // max(per_member, 1))
 
 
+def room(programs: train.Programs, data: train.DeviceData) -> tuple[int, int, int]:
+    """Room on the device for a group: the bytes per member (member_bytes), the free bytes
+    (available_bytes) and how many members fit in them (members_that_fit)."""
+    per_member, available = member_bytes(programs, data), available_bytes()
+    return per_member, available, members_that_fit(per_member, available)
+
+
 class Engine(train.Engine):
     """loop.Engine over the vmapped programs of a group (compile_group): member k from seeds[k] with hypers[k]."""
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from jax_resnet_speed import report
 from jax_resnet_speed.presets import Recipe
+from jax_resnet_speed.settings import epoch_steps
 
 
 class Engine(Protocol):
@@ -38,12 +39,6 @@ class Engine(Protocol):
 
     def learning_rates(self, done: int) -> np.ndarray:
         """(members,): each member's learning rate after `done` steps."""
-
-
-def epoch_steps(recipe: Recipe, steps_per_epoch: int) -> list[int]:
-    """The steps of each epoch of a run: whole epochs, then what is left of a fractional one."""
-    total = recipe.run_steps(steps_per_epoch)
-    return [min(steps_per_epoch, total - start) for start in range(0, total, steps_per_epoch)]
 
 
 def run(engine: Engine, recipe: Recipe, seeds: Sequence[int], records: Sequence[dict],

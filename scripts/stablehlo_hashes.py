@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_resnet_speed import presets, train
+from jax_resnet_speed.data import in_memory
 
 PRESETS = ("myrtle-final", "airbench94-muon")
 PROGRAMS = ("train_step", "train_steps", "evaluate")
@@ -39,8 +40,9 @@ def lowered_texts(preset: str) -> dict[str, str]:
     train_images = np.zeros((2 * config.recipe.batch_size, 32, 32, 3), np.uint8)
     test_images = np.zeros((200, 32, 32, 3), np.uint8)
     labels = lambda n: np.arange(n, dtype=np.int32) % 10  # noqa: E731
-    data = train.put_on_device(train_images, labels(len(train_images)), test_images, labels(len(test_images)),
-                               np.full(3, 0.5), np.full(3, 0.25), config.recipe, train.PRECISIONS[config.precision])
+    data = train.put_on_device(in_memory(train_images, labels(len(train_images)), test_images, labels(len(test_images)),
+                                         np.full(3, 0.5), np.full(3, 0.25)),
+                               config.recipe, train.PRECISIONS[config.precision])
     programs = train.build_programs(config, data)
     state = jax.eval_shape(programs.init, jax.random.key(0), data.train_padded, programs.hyper)
     batches = jax.eval_shape(programs.epoch_batches, state.rng, jnp.int32(0))

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_resnet_speed import loop, model, optim, presets, report, train
+from jax_resnet_speed import flags, loop, model, optim, presets, report, train
 from jax_resnet_speed.experiments import common
 
 NAME = "weight_decay"
@@ -259,7 +259,7 @@ def summary(result: dict, recipe: presets.Recipe, title: str, scale: str) -> str
 
 def build_parser() -> argparse.ArgumentParser:
     parser = common.build_parser(NAME, __doc__.splitlines()[0], SCALES)
-    parser.add_argument("--batch-size", type=int, help="batch size (default: the scale's)")
+    flags.add_batch_size(parser, help="batch size (default: the scale's)")
     return parser
 
 

@@ -1,6 +1,6 @@
-"""The training loop: state, one jitted train step, evaluation, and timed runs.
+"""The JAX programs of a run: the train state, one jitted train step, evaluation, and a timed run (loop.py).
 
-Run `python -m jax_resnet_speed.train --help` for the command line (jax_resnet_speed/cli.py).
+A library: `python -m jax_resnet_speed.train` (train/__main__.py) runs the command line of cli.py.
 """
 
 from __future__ import annotations
@@ -19,26 +19,11 @@ import optax
 from jax.sharding import Mesh
 
 from jax_resnet_speed import augment, loop, model as model_lib, optim, parallel
+from jax_resnet_speed.data import Dataset
 from jax_resnet_speed.presets import Recipe
+from jax_resnet_speed.settings import EVAL_BATCH, IMAGE_SIZE, RunConfig
 
-PRECISIONS = {"bf16": jnp.bfloat16, "fp16": jnp.float16, "fp32": jnp.float32}
-IMAGE_SIZE = 32
-EVAL_BATCH = 1000
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """A recipe plus the choices that are not part of it."""
-
-    recipe: Recipe
-    precision: str = "bf16"
-    width_mult: float = 1.0
-    loop: str = "step"  # one of compilation.LOOPS
-    devices: int = 1  # data parallel over this many devices (parallel.py)
-
-    def to_dict(self) -> dict:
-        return {"recipe": self.recipe.to_dict(), "precision": self.precision, "width_mult": self.width_mult,
-                "loop": self.loop, "devices": self.devices}
+PRECISIONS = {"bf16": jnp.bfloat16, "fp16": jnp.float16, "fp32": jnp.float32}  # settings.PRECISIONS' dtypes
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -70,15 +55,15 @@ class DeviceData:
         return self.train_padded.shape[0]
 
 
-def put_on_device(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
-                  test_labels: np.ndarray, mean: np.ndarray, std: np.ndarray, recipe: Recipe,
-                  dtype: Any, mesh: Mesh | None = None) -> DeviceData:
-    """Upload uint8 images once, then normalise and pad them on the device.
+def put_on_device(dataset: Dataset, recipe: Recipe, dtype: Any, mesh: Mesh | None = None) -> DeviceData:
+    """Upload the uint8 images once, then normalise (with the dataset's statistics) and pad them on the device.
 
     With a mesh, every device holds the whole dataset: CIFAR-10 is 0.2 GB in bf16, and a
     replicated set lets each device gather its share of a batch locally, with no traffic.
     """
-    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+    mean, std = jnp.asarray(dataset.mean, jnp.float32), jnp.asarray(dataset.std, jnp.float32)
+    train_images, train_labels = dataset.train_images, dataset.train_labels
+    test_images, test_labels = dataset.test_images, dataset.test_labels
 
     @jax.jit
     def normalise(images):
@@ -351,9 +336,3 @@ def profile_epoch(programs: Programs, data: DeviceData, seed: int, trace_dir: st
     state = jax.block_until_ready(programs.init(jax.random.key(seed), data.train_padded, programs.hyper))
     with jax.profiler.trace(trace_dir):
         jax.block_until_ready(train_epoch(programs, data, state, epoch=1))
-
-
-if __name__ == "__main__":
-    from jax_resnet_speed.cli import main
-
-    raise SystemExit(main())
