@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from jax_resnet_speed import cli, compilation, presets, report
+from jax_resnet_speed import cli, compilation, flags, presets, report
 
 MATMUL_SIZE = {"cpu": 1024, "gpu": 8192}  # large enough to reach the device's matmul rate
 
@@ -32,14 +32,13 @@ MATMUL_SIZE = {"cpu": 1024, "gpu": 8192}  # large enough to reach the device's m
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jax_resnet_speed.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default=presets.DEFAULT_PRESET, choices=sorted(presets.PRESETS))
+    flags.add_preset(parser, list_presets=False)
     parser.add_argument("--framework", choices=("jax", "torch"), default="jax",
                         help="jax: this trainer's step; torch: the PyTorch reference's (torch_reference.py)")
     parser.add_argument("--compile", action="store_true", help="with --framework torch: torch.compile the network")
-    parser.add_argument("--width-mult", type=float, default=1.0, help="scale every channel width")
-    parser.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
-    parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"),
-                        help="compute precision (default: bf16 on GPU, fp32 on CPU)")
+    flags.add_width_mult(parser)
+    flags.add_batch_size(parser)
+    flags.add_precision(parser)
     parser.add_argument("--steps", type=int, default=20, help="steps per timed chunk (one 'epoch' of the bench)")
     parser.add_argument("--repeats", type=int, default=5, help="timed chunks per loop mode, after one warm-up chunk")
     parser.add_argument("--loops", metavar="MODES",
@@ -47,29 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "default for the backend)")
     parser.add_argument("--cold-compile", action="store_true",
                         help="compile into an empty temporary cache, so the first compile is cold for sure")
-    parser.add_argument("--json", metavar="PATH", help="write the measurements here")
-    cli.add_compile_arguments(parser, loop=False)
+    flags.add_json(parser, help="write the measurements here")
+    flags.add_compile_arguments(parser, loop=False)
     return parser
 
 
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str] | None:
     """Exit 2 on flags that make no sense; returns the loop modes (None: the backend's default)."""
-    for name in ("steps", "repeats", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if args.width_mult <= 0:
-        parser.error(f"--width-mult must be positive, got {args.width_mult}")
+    flags.validate_positive(args, parser)
     loops = None
     if args.loops is not None:
         loops = [mode.strip() for mode in args.loops.split(",") if mode.strip()]
         if not loops or any(mode not in compilation.LOOPS for mode in loops):
             parser.error(f"--loops takes {' and/or '.join(compilation.LOOPS)}, got {args.loops!r}")
-    recipe = presets.get_preset(args.preset)
-    splits = recipe.network.ghost_bn_splits
-    if (args.batch_size or recipe.batch_size) % splits:
-        parser.error(f"--batch-size {args.batch_size} is not divisible by the {splits} ghost batch-norm splits of "
-                     f"{recipe.name}; use a multiple of {splits}")
+    flags.validate_batch_size(parser, presets.get_preset(args.preset), args.batch_size)
     if args.compile and args.framework != "torch":
         parser.error("--compile is torch.compile: use it with --framework torch")
     return loops
@@ -135,8 +125,7 @@ def bench_jax(args: argparse.Namespace, loops: Sequence[str] | None) -> dict:
     loops = loops or [config.loop]
     dataset = synthetic_dataset(args.steps * config.recipe.batch_size)  # one bench "epoch" is --steps steps
     dtype = train.PRECISIONS[config.precision]
-    data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
-                               dataset.test_labels, dataset.mean, dataset.std, config.recipe, dtype)
+    data = train.put_on_device(dataset, config.recipe, dtype)
     result: dict = {"loops": {}, "compile": {}}
     step_compiled = None
     for loop in loops:

@@ -1,4 +1,7 @@
-"""Command line of `python -m jax_resnet_speed.train`."""
+"""The trainer's command line (`python -m jax_resnet_speed.train`) and the orchestration of runs that the
+series, compare and the PyTorch reference share: load the data, prepare (upload and compile), run every
+seed or group, resume from a checkpoint. The flags themselves are in flags.py.
+"""
 
 from __future__ import annotations
 
@@ -10,54 +13,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from jax_resnet_speed import compilation, presets
+from jax_resnet_speed import compilation, flags, presets, settings
+from jax_resnet_speed.flags import EXIT_DATA_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USAGE
 
 if TYPE_CHECKING:
     from jax_resnet_speed.tensorboard_log import EpochLog
-
-EXIT_DATA_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 130
-PLOT_BESIDE_JSON = "<beside --json>"  # --plot without a path
-
-
-def add_run_arguments(parser: argparse.ArgumentParser, preset: bool = True) -> None:
-    """The flags every runner of a recipe shares: the trainer, the PyTorch reference and compare.
-
-    preset=False leaves out --preset and --list-presets, for runners that choose recipes otherwise
-    (the series).
-    """
-    if preset:
-        parser.add_argument("--preset", default=presets.DEFAULT_PRESET, choices=sorted(presets.PRESETS),
-                            help="recipe to train (see --list-presets)")
-        parser.add_argument("--list-presets", action="store_true", help="list the recipes and exit")
-    add_data_arguments(parser)
-    parser.add_argument("--epochs", type=epochs_type, help="training epochs, may be fractional (default: the "
-                        "preset's); the lr schedule stretches to fit")
-    parser.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
-    parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"),
-                        help="compute precision; parameters and BN statistics stay fp32 "
-                             "(default: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first run; run i uses seed + i")
-    parser.add_argument("--runs", type=int, default=1, help="independent runs, compiled once")
-    parser.add_argument("--target", type=float, help="target test accuracy as a fraction (default: the preset's)")
-    parser.add_argument("--width-mult", type=float, default=1.0, help="scale every channel width (smoke tests)")
-
-
-def add_compile_arguments(parser: argparse.ArgumentParser, loop: bool = True) -> None:
-    """How the programs are compiled and dispatched: the trainer, bench and series share these.
-
-    loop=False leaves out --loop, for bench, which times several loop modes."""
-    if loop:
-        defaults = ", ".join(f"{mode} on {backend.upper()}" for backend, mode in compilation.DEFAULT_LOOPS.items())
-        parser.add_argument("--loop", choices=compilation.LOOPS,
-                            help="step: one dispatch of the compiled train step per step; epoch: each epoch's "
-                                 f"steps in one compiled program (default: the faster one measured, {defaults})")
-    parser.add_argument("--compile-cache", metavar="DIR", default=str(compilation.default_compile_cache()),
-                        help="persistent compilation cache: a second run of the same program loads it instead of "
-                             "compiling (and, on a GPU, autotuning)")
-    parser.add_argument("--no-compile-cache", action="store_true", help="compile everything afresh")
-    parser.add_argument("--xla-preset", choices=sorted(compilation.XLA_PRESETS), default="default",
-                        help="XLA options added to XLA_FLAGS (jax_resnet_speed/compilation.py lists them)")
-
 
 def configure_compilation(args: argparse.Namespace) -> None:
     """Apply --xla-preset, --xla-dump and the compilation cache; call before the first JAX computation."""
@@ -74,22 +34,6 @@ def compilation_section(args: argparse.Namespace) -> dict:
     """The `compilation` section of the JSON; prepare_runs adds whether the compile was cold or warm."""
     return {"cache": None, "cache_dir": None if args.no_compile_cache else args.compile_cache,
             "xla_preset": args.xla_preset, "xla_flags": os.environ.get("XLA_FLAGS", "")}
-
-
-def epochs_type(text: str) -> int | float:
-    """A run length in epochs: an int when whole (as the Myrtle presets write it), else a float (9.9)."""
-    value = float(text)
-    return int(value) if value.is_integer() else value
-
-
-def devices_type(text: str) -> int | str:
-    """--devices: a positive count, or 'all'."""
-    if text == "all":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a count or 'all', got {text!r}") from None
 
 
 def initialize_distributed(args: argparse.Namespace) -> None:
@@ -127,43 +71,16 @@ def resolve_devices(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     return count
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where the data comes from and how much of it: shared by the trainer and the experiments."""
-    parser.add_argument("--data", metavar="PATH",
-                        help="CIFAR-10 source: official tarball or batches folder, image-folder tree or archive, "
-                             ".npz, or 'tfds'; default $JAX_RESNET_SPEED_DATA, then the cache, then download")
-    parser.add_argument("--cache-dir", metavar="DIR", help="where decoded datasets are cached "
-                        "(default $XDG_CACHE_HOME/jax_resnet_speed or ~/.cache/jax_resnet_speed)")
-    parser.add_argument("--train-subset", type=int, metavar="N", help="train on the first N training images")
-    parser.add_argument("--test-subset", type=int, metavar="N", help="evaluate on the first N test images")
-
-
-def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where the per-epoch metrics go besides the table and --json: TensorBoard and a figure of the curves."""
-    parser.add_argument("--tensorboard", metavar="DIR",
-                        help="write per-epoch metrics as TensorBoard event files, a folder per run "
-                             "(needs the tensorboard extra)")
-    parser.add_argument("--plot", metavar="PNG", nargs="?", const=PLOT_BESIDE_JSON,
-                        help="draw test and TTA accuracy and train loss against training seconds, all runs on one "
-                             "figure; without PNG, beside --json (X.json: X.png) (needs the plot extra)")
-
-
-def plot_path(args: argparse.Namespace) -> str | None:
-    """Where --plot draws (None when not asked)."""
-    plot = getattr(args, "plot", None)
-    return os.path.splitext(args.json)[0] + ".png" if plot == PLOT_BESIDE_JSON else plot
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jax_resnet_speed.train",
         description="Train a ResNet-9 on CIFAR-10 with a Myrtle AI recipe and time it to the target accuracy.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_run_arguments(parser)
-    add_compile_arguments(parser)
+    flags.add_run_arguments(parser)
+    flags.add_compile_arguments(parser)
     parser.add_argument("--parallel", type=int, default=1, metavar="K",
                         help="train K of the --runs together in one vmapped program (group.py); seeds as without")
-    parser.add_argument("--devices", type=devices_type, default=1, metavar="N",
+    parser.add_argument("--devices", type=flags.devices_type, default=1, metavar="N",
                         help="data parallel: split each batch over N devices ('all': every device of every "
                              "process), the train state replicated (parallel.py)")
     parser.add_argument("--distributed", action="store_true",
@@ -179,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="go on from the latest checkpoint in --checkpoint-dir: finished runs are kept, the "
                              "interrupted one continues after its last saved epoch; the config must match")
-    parser.add_argument("--json", metavar="PATH", help="write the machine-readable result here")
-    add_output_arguments(parser)
+    flags.add_json(parser)
+    flags.add_output_arguments(parser)
     parser.add_argument("--xla-dump", metavar="DIR",
                         help="dump the HLO of every program, before and after optimisation, into DIR "
                              "(read it with python -m jax_resnet_speed.xla_report DIR)")
@@ -189,45 +106,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace, backend: str, preset: str | None = None):
+def resolve_config(args: argparse.Namespace, backend: str, preset: str | None = None) -> settings.RunConfig:
     """The preset (`preset`, default --preset) with the command-line overrides applied (already validated)."""
-    from jax_resnet_speed.train import RunConfig
-
     recipe = presets.get_preset(preset or args.preset)
     if args.epochs is not None:
         recipe = recipe.with_epochs(args.epochs)
     overrides = {k: v for k, v in (("data.batch_size", args.batch_size), ("timing.target", args.target))
                  if v is not None}
     recipe = recipe.replace(**overrides)
-    precision = args.precision or ("fp32" if backend == "cpu" else "bf16")
+    precision = args.precision or settings.default_precision(backend)
     loop = getattr(args, "loop", None) or compilation.DEFAULT_LOOPS.get(backend, "step")
-    return RunConfig(recipe=recipe, precision=precision, width_mult=args.width_mult, loop=loop,
+    return settings.RunConfig(recipe=recipe, precision=precision, width_mult=args.width_mult, loop=loop,
                      devices=getattr(args, "devices", 1))
 
 
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser, preset: str | None = None) -> None:
     """Exit 2 with a usage message on flags that make no sense for `preset` (default --preset)."""
-    recipe = presets.get_preset(preset or args.preset)
-    batch_size = args.batch_size if args.batch_size is not None else recipe.batch_size
-    for name in ("epochs", "batch_size", "runs", "train_subset", "test_subset", "parallel", "devices"):
-        value = getattr(args, name, None)
-        if isinstance(value, (int, float)) and value <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
-    splits = recipe.network.ghost_bn_splits
-    if batch_size % splits:
-        parser.error(f"--batch-size {batch_size} is not divisible by the {splits} ghost "
-                     f"batch-norm splits of preset {recipe.name}; use a multiple of {splits}")
+    flags.validate_positive(args, parser)
+    flags.validate_batch_size(parser, presets.get_preset(preset or args.preset), args.batch_size)
     if getattr(args, "resume", False) and not args.checkpoint_dir:
         parser.error("--resume continues from --checkpoint-dir DIR; add it")
     if getattr(args, "checkpoint_dir", None) and getattr(args, "parallel", 1) > 1:
         parser.error("--checkpoint-dir saves runs one at a time; use it without --parallel")
     if getattr(args, "devices", 1) != 1 and getattr(args, "parallel", 1) > 1:
         parser.error("--parallel groups runs on one device; use it without --devices, or --devices without it")
-    if args.width_mult <= 0:
-        parser.error(f"--width-mult must be positive, got {args.width_mult}")
     if args.target is not None and not 0 < args.target <= 1:
         parser.error(f"--target is a fraction in (0, 1], got {args.target}")
-    if getattr(args, "plot", None) == PLOT_BESIDE_JSON and not getattr(args, "json", None):
+    if getattr(args, "plot", None) == flags.PLOT_BESIDE_JSON and not getattr(args, "json", None):
         parser.error("--plot without a path draws beside --json; add --json PATH or give --plot PNG")
     for flag, module, extra in (("tensorboard", "tensorboard", "tensorboard"), ("plot", "matplotlib", "plot")):
         if getattr(args, flag, None) and importlib.util.find_spec(module) is None:
@@ -299,7 +204,7 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
         if getattr(args, "json", None):
             report.write_json(args.json, payload)
             print(f"wrote {args.json}")
-        if plot := plot_path(args):
+        if plot := flags.plot_path(args):
             from jax_resnet_speed import curves
             curves.write(payload, target, plot)
             print(f"wrote {plot}")
@@ -512,9 +417,7 @@ def prepare_runs(config, dataset, seed: int, payload: dict, profile: str | None 
 
     from jax_resnet_speed import progress, train
 
-    device_data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
-                                      dataset.test_labels, dataset.mean, dataset.std, config.recipe,
-                                      train.PRECISIONS[config.precision], mesh)
+    device_data = train.put_on_device(dataset, config.recipe, train.PRECISIONS[config.precision], mesh)
     with progress.task("compiling") as shown, compilation.CacheCounter() as cache:
         programs, payload["compile_seconds"] = train.compile_programs(
             train.build_programs(config, device_data), device_data, seed,
@@ -562,12 +465,9 @@ def prepare_group(config, dataset, size: int, seed: int, payload: dict) -> RunGr
     """
     from jax_resnet_speed import group, progress, train
 
-    device_data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
-                                      dataset.test_labels, dataset.mean, dataset.std, config.recipe,
-                                      train.PRECISIONS[config.precision])
+    device_data = train.put_on_device(dataset, config.recipe, train.PRECISIONS[config.precision])
     programs = train.build_programs(config, device_data)
-    per_run, available = group.member_bytes(programs, device_data), group.available_bytes()
-    fits = group.members_that_fit(per_run, available)
+    per_run, available, fits = group.room(programs, device_data)
     if size > fits:
         raise GroupTooLarge(f"--parallel {size} needs about {size * per_run / 2**30:.1f} GiB on top of the "
                             f"dataset and {available / 2**30:.1f} GiB are free; the largest group that fits is "

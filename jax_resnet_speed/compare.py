@@ -19,7 +19,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from jax_resnet_speed import cli, install_hint, report
+from jax_resnet_speed import cli, flags, install_hint, report
 
 COMMANDS = {
     "jax": ["-m", "jax_resnet_speed.train"],
@@ -45,13 +45,13 @@ def parse_frameworks(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The flags of every runner (cli.add_run_arguments) plus --out, --frameworks and --device."""
+    """The flags of every runner (flags.add_run_arguments) plus --out, --frameworks and --device."""
     parser = argparse.ArgumentParser(
         prog="python -m jax_resnet_speed.compare",
         description="Time the same recipe in JAX, PyTorch eager and PyTorch compiled, runs interleaved, "
                     "and write compare.json, compare.md and compare.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    cli.add_run_arguments(parser)
+    flags.add_run_arguments(parser)
     parser.set_defaults(runs=3)  # per framework
     parser.add_argument("--out", default="compare-out", metavar="DIR",
                         help="where compare.json, compare.md, compare.png, and each run's JSON and log go")
@@ -303,21 +303,21 @@ def compare(args: argparse.Namespace) -> int:
                 code = run_one(run_command(framework, args, seed, json_path), run_environment(framework, args.device),
                                log_path)
             except KeyboardInterrupt:
-                code = cli.EXIT_INTERRUPTED
+                code = flags.EXIT_INTERRUPTED
             record = collect(results, framework, json_path)
-            if code == cli.EXIT_INTERRUPTED:
+            if code == flags.EXIT_INTERRUPTED:
                 print("\ninterrupted: saving what finished", file=sys.stderr)
                 write_outputs(out, args, results)
-                return cli.EXIT_INTERRUPTED
-            if record is None or code not in (0, cli.EXIT_DIVERGED):
+                return flags.EXIT_INTERRUPTED
+            if record is None or code not in (0, flags.EXIT_DIVERGED):
                 print(f"failed (exit {code})")
                 print(f"error: {framework} run {index + 1} failed: {last_error(log_path)} (log: {log_path})",
                       file=sys.stderr)
                 if results:
                     write_outputs(out, args, results)
-                return cli.EXIT_DATA_ERROR
-            if code == cli.EXIT_DIVERGED:
-                exit_code = cli.EXIT_DIVERGED
+                return flags.EXIT_DATA_ERROR
+            if code == flags.EXIT_DIVERGED:
+                exit_code = flags.EXIT_DIVERGED
             print(report.run_line(record, target_of(results[framework]["config"])), flush=True)
     write_outputs(out, args, results)
     return exit_code
@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(name.startswith("torch") for name in args.frameworks) and importlib.util.find_spec("torch") is None:
         print(f"error: PyTorch is not installed; {install_hint('torch')} "
               "(or --frameworks jax)", file=sys.stderr)
-        return cli.EXIT_DATA_ERROR
+        return flags.EXIT_DATA_ERROR
     return compare(args)
 
 

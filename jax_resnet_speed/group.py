@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_resnet_speed import optim, report, train
+from jax_resnet_speed import loop, optim, train
 
 
 def stack(trees: Sequence[Any]) -> Any:
@@ -77,52 +76,42 @@ def members_that_fit(per_member: int, available: int, headroom: float = 0.8) -> 
     return max(1, int(available * headroom) // max(per_member, 1))
 
 
+def room(programs: train.Programs, data: train.DeviceData) -> tuple[int, int, int]:
+    """Room on the device for a group: the bytes per member (member_bytes), the free bytes
+    (available_bytes) and how many members fit in them (members_that_fit)."""
+    per_member, available = member_bytes(programs, data), available_bytes()
+    return per_member, available, members_that_fit(per_member, available)
+
+
+class Engine(train.Engine):
+    """loop.Engine over the vmapped programs of a group (compile_group): member k from seeds[k] with hypers[k]."""
+
+    def __init__(self, programs: train.Programs, data: train.DeviceData, seeds: Sequence[int],
+                 hypers: Sequence[optim.Hyper]):
+        super().__init__(programs, data, seeds[0])
+        self.seeds, self.hypers, self.lr_scales = seeds, hypers, None
+
+    def init_arguments(self) -> tuple[jax.Array, optim.Hyper]:
+        return keys(self.seeds), stack(self.hypers)
+
+    def init(self) -> None:
+        super().init()
+        self.lr_scales = np.asarray(self.state.hyper.lr_scale)
+
+    def learning_rates(self, done: int) -> np.ndarray:
+        return float(self.programs.schedule(done)) * self.lr_scales
+
+
 def run(programs: train.Programs, data: train.DeviceData, config: train.RunConfig, seeds: Sequence[int],
         hypers: Sequence[optim.Hyper], on_epoch: Callable[[int, dict], None], records: Sequence[dict],
-        after_epoch: Callable[[int], None] | None = None) -> None:
-    """Train a group (programs from compile_group) and fill records[k] as train.run fills one run's.
+        after_epoch: Callable[[int], None] = lambda epoch: None) -> None:
+    """Train a group (programs from compile_group) and fill records[k] as train.run fills one run's (loop.run).
 
     The members share one clock: every record's seconds are the group's. A member whose loss
     stops being finite is marked diverged and its later epochs are dropped; the others go on.
     on_epoch(member, metrics) is called for each member still training, then after_epoch(epoch).
     """
-    recipe = config.recipe
-    for record, seed in zip(records, seeds, strict=True):
-        record.update(seed=seed, status="running", epochs=[], final_accuracy=None, seconds_to_target=None)
-    state = jax.block_until_ready(programs.init(keys(seeds), data.train_padded, stack(hypers)))
-    lr_scales = np.asarray(state.hyper.lr_scale)
-    train_seconds, previous_totals = 0.0, np.zeros((len(seeds), 3))
-    for epoch, steps in enumerate(train.epoch_steps(recipe, programs.steps_per_epoch), 1):
-        start = time.perf_counter()
-        state = train.train_epoch(programs, data, state, epoch, steps)
-        totals = np.asarray(jax.device_get(state.totals))  # waits for the device
-        epoch_seconds = time.perf_counter() - start
-        train_seconds += epoch_seconds
-
-        eval_start = time.perf_counter()
-        sums = np.asarray(jax.device_get(programs.evaluate(train.eval_variables(state), data.test_images,
-                                                             data.test_labels)))
-        eval_seconds = time.perf_counter() - eval_start
-
-        lr = float(programs.schedule((epoch - 1) * programs.steps_per_epoch + steps))
-        for member, record in enumerate(records):
-            if record["status"] != "running":
-                continue
-            metrics = report.epoch_metrics(epoch, lr * lr_scales[member], totals[member] - previous_totals[member],
-                                           sums[member], recipe.evaluation.tta, epoch_seconds, train_seconds,
-                                           eval_seconds)
-            try:
-                report.add_epoch(record, metrics, lambda m, member=member: on_epoch(member, m))
-            except report.Diverged:
-                pass  # status is "diverged"; the rest of the group trains on
-        previous_totals = totals
-        if after_epoch is not None:
-            after_epoch(epoch)
-        if all(record["status"] != "running" for record in records):
-            break
-    for record in records:
-        if record["status"] == "running":
-            report.complete_run(record, recipe.timing.target)
+    loop.run(Engine(programs, data, seeds, hypers), config.recipe, seeds, records, on_epoch, after_epoch)
 
 
 def padded(items: Sequence[Any], size: int) -> list[Any]:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_resnet_speed.presets import Network as NetworkSpec, Recipe
+from jax_resnet_speed.settings import scaled_widths
 
 # PyTorch's default conv/linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which the
 # reference recipes were tuned with (Flax's default is LeCun normal).
@@ -243,12 +244,6 @@ def unit_std(init: Callable) -> Callable:
         return value / jnp.std(value)
 
     return scaled
-
-
-def scaled_widths(spec: NetworkSpec, width_mult: float) -> tuple[int, ...]:
-    """Every width x width_mult; airbench's whitening stem keeps its width, set by its patch size."""
-    widths = tuple(max(1, round(w * width_mult)) for w in spec.widths)
-    return (spec.widths[0], *widths[1:]) if spec.stem == "whitening-bias" else widths
 
 
 def whitening_shape(spec: NetworkSpec) -> tuple[int, int, int, int]:

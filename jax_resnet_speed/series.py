@@ -21,11 +21,10 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from jax_resnet_speed import cli, install_hint, presets, report
+from jax_resnet_speed import cli, flags, install_hint, presets, report
 
 FORMAT = 1  # series.json's layout version
 JSON_NAME, MD_NAME, PNG_NAME = "series.json", "series.md", "series.png"
-EXIT_FLAG_ERROR = 2
 FINISHED = ("completed", "diverged")  # a run in one of these states is not run again
 # Flags that must match the series.json being continued (--runs and the preset selection may change).
 SETTING_FLAGS = ("seed", "epochs", "batch_size", "precision", "target", "train_subset", "test_subset", "width_mult")
@@ -87,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", required=True,
                         help="folder for series.json, series.md and series.png; a series.json there "
                              "written with the same settings is continued")
-    cli.add_run_arguments(parser, preset=False)
-    cli.add_compile_arguments(parser)
+    flags.add_run_arguments(parser, preset=False)
+    flags.add_compile_arguments(parser)
     return parser
 
 
@@ -455,7 +454,7 @@ def run_series(args: argparse.Namespace, names: list[str], argv: Sequence[str]) 
 
     def refuse(message: str) -> int:
         print(f"error: {message}", file=sys.stderr)
-        return EXIT_FLAG_ERROR
+        return flags.EXIT_USAGE
 
     try:
         existing = read_series(json_path)
@@ -473,7 +472,7 @@ def run_series(args: argparse.Namespace, names: list[str], argv: Sequence[str]) 
         sections = {name: cli.config_section(args, configs[name], dataset) for name in names}
     except data.DataError as error:
         print(f"error: {error}", file=sys.stderr)
-        return cli.EXIT_DATA_ERROR
+        return flags.EXIT_DATA_ERROR
     settings.update(data=args.data, cache_dir=args.cache_dir, data_kind=dataset.source_kind,
                     data_checksum=dataset.checksum, train_images=len(dataset.train_images),
                     test_images=len(dataset.test_images))
@@ -526,7 +525,7 @@ def run_series(args: argparse.Namespace, names: list[str], argv: Sequence[str]) 
             code = cli.run_all(args, entry, config.recipe.timing.target,
                                lambda: cli.prepare_runs(config, dataset, args.seed, entry),
                                seeds=missing, on_checkpoint=save)
-            if code == cli.EXIT_INTERRUPTED:
+            if code == flags.EXIT_INTERRUPTED:
                 interrupted = True
                 break
     except KeyboardInterrupt:  # between presets: run_all handles the ones inside a preset
@@ -546,8 +545,8 @@ def run_series(args: argparse.Namespace, names: list[str], argv: Sequence[str]) 
         print(smoke_line(series))
     print(f"wrote {', '.join(written)}")
     if interrupted:
-        return cli.EXIT_INTERRUPTED
-    return cli.EXIT_DIVERGED if any(row["diverged_runs"] for row in rows) else 0
+        return flags.EXIT_INTERRUPTED
+    return flags.EXIT_DIVERGED if any(row["diverged_runs"] for row in rows) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -562,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_series(args, names, argv)
     except KeyboardInterrupt:  # while loading the data or writing the files: nothing more to save
         print("\ninterrupted", file=sys.stderr)
-        return cli.EXIT_INTERRUPTED
+        return flags.EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Run `python -m jax_resnet_speed.torch_reference --help`. Every number comes from
 jax_resnet_speed.presets, the data from the same data layer and cache, and the flags,
 table and JSON file are the JAX trainer's (see docs/compare.md for what is kept identical).
 
-Nothing here runs a JAX computation: on a GPU machine that would make JAX grab most of the
-GPU memory. The JAX modules are imported only for plain data and helpers.
+Nothing here imports JAX: on a GPU machine a JAX computation would grab most of the GPU memory.
+The recipes, run settings, flags, epoch loop and data layer it shares with the JAX trainer are
+plain Python (tests/test_torch_reference.py checks that JAX stays out of sys.modules).
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ except ImportError as error:
         raise SystemExit(f"error: {INSTALL_HINT}") from None
     raise ImportError(INSTALL_HINT) from error
 
-from jax_resnet_speed import cli, model as jax_model, report, train
+from jax_resnet_speed import cli, flags, loop, settings
 from jax_resnet_speed.data import DataError, Dataset
 from jax_resnet_speed.presets import Data, Network as NetworkSpec, Recipe
-from jax_resnet_speed.train import EVAL_BATCH, IMAGE_SIZE
+from jax_resnet_speed.settings import EVAL_BATCH, IMAGE_SIZE, RunConfig
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -550,13 +551,13 @@ class Trainer:
     initial weights into it in place.
     """
 
-    def __init__(self, config: train.RunConfig, device: torch.device, whitening: np.ndarray | None,
+    def __init__(self, config: RunConfig, device: torch.device, whitening: np.ndarray | None,
                  steps_per_epoch: int, compile_model: bool = False,
                  memory_format: torch.memory_format = torch.channels_last):
         recipe = self.recipe = config.recipe
         self.config, self.device, self.memory_format = config, device, memory_format
         self.dtype = DTYPES[config.precision]
-        self.widths = jax_model.scaled_widths(recipe.network, config.width_mult)
+        self.widths = settings.scaled_widths(recipe.network, config.width_mult)
         self.whitening = whitening
         self.steps_per_epoch = steps_per_epoch
         self.schedule = lr_schedule(recipe, steps_per_epoch)
@@ -693,40 +694,41 @@ def warm_up(trainer: Trainer, data: DeviceData, seed: int) -> float:
     return time.perf_counter() - start
 
 
+class Engine:
+    """loop.Engine over a Trainer that is already reset for its run."""
+
+    def __init__(self, trainer: Trainer, data: DeviceData):
+        self.trainer, self.data = trainer, data
+        self.steps_per_epoch = trainer.steps_per_epoch
+
+    def init(self) -> None:
+        """Under airbench's rule, the whitening filters again, so that the clock covers them."""
+        recipe = self.trainer.recipe
+        if recipe.timing.rule == "airbench" and recipe.network.stem == "whitening-bias":
+            self.trainer.recompute_whitening(self.data)
+            self.trainer.synchronize()
+
+    def train_epoch(self, epoch: int, steps: int) -> None:
+        self.trainer.train_epoch(self.data, steps, epoch)
+        self.trainer.synchronize()
+
+    def totals(self) -> np.ndarray:
+        return np.array([[*self.trainer.totals.tolist(), self.trainer.examples]])
+
+    def evaluate(self) -> np.ndarray:
+        return np.array([self.trainer.evaluate(self.data)])
+
+    def learning_rates(self, done: int) -> np.ndarray:
+        return np.array([self.trainer.schedule(done)])
+
+
 def run(trainer: Trainer, data: DeviceData, seed: int, on_epoch: Callable[[dict], None], record: dict) -> dict:
-    """One timed run, as train.run: the clock covers the training epochs; evaluation is timed apart."""
-    recipe = trainer.recipe
-    airbench_rule = recipe.timing.rule == "airbench"
-    record.update(seed=seed, status="running", epochs=[], final_accuracy=None, seconds_to_target=None)
+    """One timed run, as train.run (loop.run); the fresh weights of `seed` are made off the clock."""
     trainer.reset(seed)
     trainer.synchronize()
-    start = time.perf_counter()
-    if airbench_rule and recipe.network.stem == "whitening-bias":
-        trainer.recompute_whitening(data)
-        trainer.synchronize()
-    train_seconds, previous = time.perf_counter() - start if airbench_rule else 0.0, np.zeros(3)
-    lengths = train.epoch_steps(recipe, trainer.steps_per_epoch)
-    for epoch, steps in enumerate(lengths, 1):
-        start = time.perf_counter()
-        trainer.train_epoch(data, steps, epoch)
-        trainer.synchronize()
-        epoch_seconds = time.perf_counter() - start
-        train_seconds += epoch_seconds
-        totals = np.array([*trainer.totals.tolist(), trainer.examples])
-
-        eval_start = time.perf_counter()
-        correct, correct_tta, loss_sum, count = trainer.evaluate(data)
-        eval_seconds = time.perf_counter() - eval_start
-        if airbench_rule and epoch == len(lengths):
-            train_seconds += eval_seconds  # the final evaluation, with TTA, is on airbench's clock
-
-        done = (epoch - 1) * trainer.steps_per_epoch + steps
-        metrics = report.epoch_metrics(epoch, trainer.schedule(done), totals - previous,
-                                       (correct, correct_tta, loss_sum, count), recipe.evaluation.tta,
-                                       epoch_seconds, train_seconds, eval_seconds)
-        previous = totals
-        report.add_epoch(record, metrics, on_epoch)
-    report.complete_run(record, recipe.timing.target, recipe.timing.rule)
+    diverged = loop.run(Engine(trainer, data), trainer.recipe, [seed], [record], lambda member, m: on_epoch(m))
+    if diverged:
+        raise diverged[0]
     return record
 
 
@@ -743,15 +745,15 @@ def environment(device: torch.device, compiled: bool) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The JAX trainer's flags (cli.add_run_arguments, --json, --tensorboard, --plot), plus --device, --compile and
+    """The JAX trainer's flags (flags.add_run_arguments, --json, --tensorboard, --plot), plus --device, --compile and
     --memory-format."""
     parser = argparse.ArgumentParser(
         prog="python -m jax_resnet_speed.torch_reference",
         description="Train the same recipe (any preset of the series) in PyTorch, timed like the JAX trainer.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    cli.add_run_arguments(parser)
-    parser.add_argument("--json", metavar="PATH", help="write the machine-readable result here")
-    cli.add_output_arguments(parser)
+    flags.add_run_arguments(parser)
+    flags.add_json(parser)
+    flags.add_output_arguments(parser)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (cuda, cuda:1, cpu)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (forward and backward); "
@@ -787,7 +789,7 @@ def train_from_args(args: argparse.Namespace) -> int:
         dataset, payload["config"] = cli.load_run_data(args, config)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
-        return cli.EXIT_DATA_ERROR
+        return flags.EXIT_DATA_ERROR
     payload["config"].update(framework="torch-compile" if args.compile else "torch", device=str(device),
                              memory_format=args.memory_format)
     env = payload["environment"]

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_resnet_speed import group, presets, report, train
+from jax_resnet_speed import flags, group, presets, report, settings, train
+from jax_resnet_speed.data import in_memory
 
 
 def seconds_per_step(programs: train.Programs, data: train.DeviceData, members: int | None, steps: int,
@@ -42,22 +43,24 @@ def seconds_per_step(programs: train.Programs, data: train.DeviceData, members: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default=presets.DEFAULT_PRESET, choices=sorted(presets.PRESETS))
-    parser.add_argument("--width-mult", type=float, default=0.125)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"))
+    flags.add_preset(parser, list_presets=False)
+    flags.add_width_mult(parser, default=0.125, help="scale every channel width")
+    flags.add_batch_size(parser, default=128, help="batch size")
+    flags.add_precision(parser)
     parser.add_argument("--groups", default="1,2,4,8", help="comma-separated group sizes K")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    flags.validate_positive(args, parser)
 
     recipe = presets.get_preset(args.preset).replace(**{"data.batch_size": args.batch_size})
-    precision = args.precision or ("fp32" if jax.default_backend() == "cpu" else "bf16")
+    precision = args.precision or settings.default_precision(jax.default_backend())
     config = train.RunConfig(recipe, precision, args.width_mult)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4 * args.batch_size, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, len(images)).astype(np.int32)
-    data = train.put_on_device(images, labels, images[:1000], labels[:1000], np.full(3, 0.5), np.full(3, 0.25),
+    data = train.put_on_device(in_memory(images, labels, images[:1000], labels[:1000],
+                                         np.full(3, 0.5), np.full(3, 0.25)),
                                recipe, train.PRECISIONS[precision])
     programs = train.build_programs(config, data)
     env = report.environment()

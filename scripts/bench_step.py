@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jax_resnet_speed import presets, train
+from jax_resnet_speed import flags, presets, train
+from jax_resnet_speed.data import in_memory
 
 
 class PlainResNet9(nn.Module):
@@ -80,8 +81,9 @@ def trainer_step_seconds(preset, width_mult, batch_size, images, labels, steps):
     recipe = recipe.replace(**{"data.batch_size": batch_size})
     config = train.RunConfig(recipe, "fp32", width_mult)
     raw = np.asarray(images)
-    data = train.put_on_device(raw, np.asarray(labels), raw[:100], np.asarray(labels)[:100],
-                               np.full(3, 0.5), np.full(3, 0.25), recipe, jnp.float32)
+    data = train.put_on_device(in_memory(raw, np.asarray(labels), raw[:100], np.asarray(labels)[:100],
+                                         np.full(3, 0.5), np.full(3, 0.25)),
+                               recipe, jnp.float32)
     programs, _ = train.compile_programs(train.build_programs(config, data), data, seed=0)
     state = programs.init(jax.random.key(0), data.train_padded, programs.hyper)
     batches = programs.epoch_batches(state.rng, jnp.int32(0))
@@ -90,8 +92,8 @@ def trainer_step_seconds(preset, width_mult, batch_size, images, labels, steps):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--width-mult", type=float, default=0.25)
-    parser.add_argument("--batch-size", type=int, default=512)
+    flags.add_width_mult(parser, default=0.25, help="scale every channel width")
+    flags.add_batch_size(parser, default=512, help="batch size")
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     rng = np.random.default_rng(0)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from jax_resnet_speed import cli, train
+from jax_resnet_speed import cli, flags, train
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_run_arguments(parser)
+    flags.add_run_arguments(parser)
     args = parser.parse_args()
     cli.validate(args, parser)
     import jax

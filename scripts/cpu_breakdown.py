@@ -27,7 +27,8 @@ import optax
 import torch
 import torch.nn.functional as F
 
-from jax_resnet_speed import augment, model, optim, presets, torch_reference, train
+from jax_resnet_speed import augment, flags, model, optim, presets, torch_reference, train
+from jax_resnet_speed.data import in_memory
 
 PIECES = ("fwd", "fwd+bwd", "augment", "opt+ema", "step")
 
@@ -36,7 +37,8 @@ def jax_pieces(recipe: presets.Recipe, width_mult: float, images: np.ndarray, la
                ) -> dict[str, Callable[[], None]]:
     """Each piece as a function that runs it once and waits for the result."""
     config = train.RunConfig(recipe, "fp32", width_mult)
-    data = train.put_on_device(images, labels, images[:100], labels[:100], np.full(3, 0.5), np.full(3, 0.25),
+    data = train.put_on_device(in_memory(images, labels, images[:100], labels[:100],
+                                         np.full(3, 0.5), np.full(3, 0.25)),
                                recipe, jnp.float32)
     programs = train.build_programs(config, data)
     net = model.for_recipe(recipe, width_mult, jnp.float32)
@@ -144,9 +146,9 @@ def time_piece(run: Callable[[], None], repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="myrtle-final")
-    parser.add_argument("--width-mult", type=float, default=0.25)
-    parser.add_argument("--batch-size", type=int, default=512)
+    flags.add_preset(parser, list_presets=False)
+    flags.add_width_mult(parser, default=0.25, help="scale every channel width")
+    flags.add_batch_size(parser, default=512, help="batch size")
     parser.add_argument("--rounds", type=int, default=3, help="alternating JAX/PyTorch rounds")
     parser.add_argument("--repeats", type=int, default=3, help="calls per piece per round (median)")
     parser.add_argument("--pieces", default=",".join(PIECES), help="comma-separated subset of " + ",".join(PIECES))

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from cpu_breakdown import time_piece  # this folder is on sys.path when a script here runs
 
+from jax_resnet_speed import flags
+
 # (name, spatial size, input channels, output channels, kernel) at width x1; the ResNet-9 of myrtle-final.
 LAYERS = (("prep 1x1", 32, 27, 64, 1), ("layer1", 32, 64, 128, 3), ("res1", 16, 128, 128, 3),
           ("layer2", 16, 128, 256, 3), ("layer3", 8, 256, 512, 3), ("res3", 4, 512, 512, 3))
@@ -54,8 +56,8 @@ def weight_grad_shifted(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--width-mult", type=float, default=0.25)
-    parser.add_argument("--batch-size", type=int, default=512)
+    flags.add_width_mult(parser, default=0.25, help="scale every channel width")
+    flags.add_batch_size(parser, default=512, help="batch size")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

@@ -27,7 +27,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from jax._src.profiler import ProfileData  # noqa: E402
 
-from jax_resnet_speed import augment, model, optim, presets, torch_reference, train  # noqa: E402
+from jax_resnet_speed import augment, flags, model, optim, presets, torch_reference, train  # noqa: E402
+from jax_resnet_speed.data import in_memory  # noqa: E402
 
 
 def instruction_kinds(hlo_text: str) -> dict[str, str]:
@@ -56,7 +57,8 @@ def instruction_kinds(hlo_text: str) -> dict[str, str]:
 def jax_profile(recipe: presets.Recipe, width_mult: float, images: np.ndarray, labels: np.ndarray,
                 calls: int) -> None:
     config = train.RunConfig(recipe, "fp32", width_mult)
-    data = train.put_on_device(images, labels, images[:100], labels[:100], np.full(3, 0.5), np.full(3, 0.25),
+    data = train.put_on_device(in_memory(images, labels, images[:100], labels[:100],
+                                         np.full(3, 0.5), np.full(3, 0.25)),
                                recipe, jnp.float32)
     programs = train.build_programs(config, data)
     net = model.for_recipe(recipe, width_mult, jnp.float32)
@@ -130,9 +132,9 @@ def torch_profile(recipe: presets.Recipe, width_mult: float, images: np.ndarray,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="myrtle-final")
-    parser.add_argument("--width-mult", type=float, default=0.25)
-    parser.add_argument("--batch-size", type=int, default=512)
+    flags.add_preset(parser, list_presets=False)
+    flags.add_width_mult(parser, default=0.25, help="scale every channel width")
+    flags.add_batch_size(parser, default=512, help="batch size")
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--frameworks", default="jax,torch")
     args = parser.parse_args()

@@ -65,9 +65,7 @@ def check_step(preset: str, precision: str) -> float:
         recipe = presets.get_preset(preset).replace(**{"data.batch_size": BATCH_SIZE})
         config = train.RunConfig(recipe=recipe, precision=precision, width_mult=WIDTH_MULT)
         dataset = bench.synthetic_dataset(TRAIN_IMAGES)
-        data = train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
-                                   dataset.test_labels, dataset.mean, dataset.std, recipe,
-                                   train.PRECISIONS[precision])
+        data = train.put_on_device(dataset, recipe, train.PRECISIONS[precision])
         programs = train.build_programs(config, data)
         state = programs.init(jax.random.key(0), data.train_padded, programs.hyper)
         batches = programs.epoch_batches(state.rng, np.int32(0))

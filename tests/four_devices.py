@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from conftest import make_learnable  # noqa: E402
 
 from jax_resnet_speed import model, parallel, presets, train  # noqa: E402
+from jax_resnet_speed.data import in_memory  # noqa: E402
 
 MEAN, STD = np.array([0.5, 0.5, 0.5]), np.array([0.25, 0.25, 0.25])
 
@@ -26,8 +27,8 @@ def one_step(devices: int) -> dict:
     config = train.RunConfig(recipe, precision="fp32", width_mult=0.125, devices=devices)
     images, labels = make_learnable(512, seed=0)
     test_images, test_labels = make_learnable(100, seed=1)
-    data = train.put_on_device(images, labels, test_images, test_labels, MEAN, STD, recipe, jnp.float32,
-                               parallel.make_mesh(devices))
+    data = train.put_on_device(in_memory(images, labels, test_images, test_labels, MEAN, STD),
+                               recipe, jnp.float32, parallel.make_mesh(devices))
     programs = train.build_programs(config, data)
     state = programs.init(jax.random.key(0), data.train_padded, programs.hyper)
     initial = jax.device_get(state.params)

@@ -178,6 +178,21 @@ def test_parallel_runs_match_the_same_seeds_run_one_by_one(tiny_npz, tmp_path, c
     assert {"ci95_accuracy", "wilson95_reaching_target", "iqr_seconds_to_target"} <= set(grouped["summary"])
 
 
+def test_parallel_runs_under_airbench_rule_record_and_clock_it(tiny_npz, tmp_path, capsys):
+    """A group is timed like a single run: under airbench's rule the init and the final evaluation are on
+    the clock, and every record names the rule."""
+    out = tmp_path / "grouped.json"
+    assert cli.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "1", "--runs", "2",
+                     "--parallel", "2", "--preset", "airbench94", "--train-subset", "256", "--test-subset", "100",
+                     "--json", str(out), *TINY]) == 0
+    assert "timing: airbench rule" in capsys.readouterr().out
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["timing_rule"] for r in runs] == ["airbench", "airbench"]
+    for record in runs:
+        (last,) = record["epochs"]
+        assert last["train_seconds"] > last["epoch_seconds"] + last["eval_seconds"]  # + the init
+
+
 def test_a_group_too_large_for_memory_is_refused_naming_the_largest_that_fits(tiny_npz, tmp_path, monkeypatch,
                                                                               capsys):
     from jax_resnet_speed import group

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jax_resnet_speed import flops, presets, train
+from jax_resnet_speed.data import in_memory
 
 
 def resnet9_train_flops_per_image(widths) -> int:
@@ -49,8 +50,9 @@ def test_the_train_step_of_a_tiny_resnet9_matches_the_count_by_hand():
     config = train.RunConfig(recipe, "fp32", 0.0625)
     images = np.zeros((64, 32, 32, 3), np.uint8)
     labels = np.zeros(64, np.int32)
-    data = train.put_on_device(images, labels, images[:10], labels[:10], np.full(3, 0.5), np.full(3, 0.25), recipe,
-                               jnp.float32)
+    data = train.put_on_device(in_memory(images, labels, images[:10], labels[:10],
+                                         np.full(3, 0.5), np.full(3, 0.25)),
+                               recipe, jnp.float32)
     programs = train.build_programs(config, data)
     state = jax.eval_shape(programs.init, jax.random.key(0), data.train_padded, programs.hyper)
     batches = jax.ShapeDtypeStruct((2, 32), jnp.int32)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jax_resnet_speed import group, optim, presets, train
+from jax_resnet_speed.data import in_memory
 
 MEAN, STD = np.array([0.5, 0.5, 0.5]), np.array([0.25, 0.25, 0.25])
 POINTS = [(0, 1.0, 5e-4, 0.9), (1, 0.5, 1e-3, 0.8), (0, 2.0, 2.5e-4, 0.95)]  # seed, lr scale, wd, momentum
@@ -22,7 +23,7 @@ def alone(lr_scale, weight_decay, momentum):
 @pytest.fixture(scope="module")
 def data(learnable_data):
     train_images, train_labels, test_images, test_labels = learnable_data
-    return train.put_on_device(train_images[:512], train_labels[:512], test_images, test_labels, MEAN, STD,
+    return train.put_on_device(in_memory(train_images[:512], train_labels[:512], test_images, test_labels, MEAN, STD),
                                RECIPE, np.float32)
 
 

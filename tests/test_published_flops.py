@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_resnet_speed import flops, presets, train
+from jax_resnet_speed import data as data_lib, flops, presets, train
 
 TRAIN, TEST = 50_000, 10_000
 
@@ -79,8 +79,9 @@ def test_the_project_model_counts_the_same_forward_flops(widths, convs):
     config = train.RunConfig(recipe, "fp32", 1.0)
     images = np.zeros((8, 32, 32, 3), np.uint8)
     labels = np.zeros(8, np.int32)
-    data = train.put_on_device(images, labels, np.zeros((10, 32, 32, 3), np.uint8), np.zeros(10, np.int32),
-                               np.full(3, 0.5), np.full(3, 0.25), recipe, jnp.float32)
+    dataset = data_lib.in_memory(images, labels, np.zeros((10, 32, 32, 3), np.uint8), np.zeros(10, np.int32),
+                                 np.full(3, 0.5), np.full(3, 0.25))
+    data = train.put_on_device(dataset, recipe, jnp.float32)
     programs = train.build_programs(config, data)
     state = jax.eval_shape(programs.init, jax.random.key(0), data.train_padded, programs.hyper)
     counted = flops.model_flops(programs.evaluate, train.eval_variables(state), data.test_images, data.test_labels)

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:this is not the full CIFAR-10")
 from conftest import make_learnable  # noqa: E402
 from jax_resnet_speed import cli, model, presets, train  # noqa: E402
 from jax_resnet_speed import torch_reference as tr  # noqa: E402
+from jax_resnet_speed.data import in_memory  # noqa: E402
 
 MEAN, STD = np.array([0.5, 0.5, 0.5], np.float32), np.array([0.25, 0.25, 0.25], np.float32)
 BATCH = 64  # 4 images in each of myrtle-final's 16 ghost splits
@@ -83,7 +84,8 @@ def one_step_recipe(preset: str, changes: dict | None = None) -> presets.Recipe:
 
 def jax_steps(config, images, labels, steps):
     """Initial and after-each-step variables and cumulative loss of the JAX trainer."""
-    data = train.put_on_device(images, labels, images[:10], labels[:10], MEAN, STD, config.recipe, jnp.float32)
+    data = train.put_on_device(in_memory(images, labels, images[:10], labels[:10], MEAN, STD),
+                               config.recipe, jnp.float32)
     programs = train.build_programs(config, data)
     state = programs.init(jax.random.key(0), data.train_padded, programs.hyper)
     batches = jnp.arange(BATCH)[None]  # step 0 (and every step: one step per epoch) trains on images 0..B-1

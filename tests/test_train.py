@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_resnet_speed import compilation, model, presets, report, train
+from jax_resnet_speed import compilation, model, presets, report, settings, train
+from jax_resnet_speed.data import in_memory
 
 MEAN, STD = np.array([0.5, 0.5, 0.5]), np.array([0.25, 0.25, 0.25])
 
@@ -15,8 +16,8 @@ def tiny(preset, epochs=3, precision="fp32", loop="step", **changes):
 
 def compiled(config, learnable_data):
     train_images, train_labels, test_images, test_labels = learnable_data
-    data = train.put_on_device(train_images, train_labels, test_images, test_labels, MEAN, STD, config.recipe,
-                               train.PRECISIONS[config.precision])
+    data = train.put_on_device(in_memory(train_images, train_labels, test_images, test_labels, MEAN, STD),
+                               config.recipe, train.PRECISIONS[config.precision])
     programs, seconds = train.compile_programs(train.build_programs(config, data), data, seed=0)
     assert seconds > 0
     return programs, data
@@ -41,7 +42,7 @@ def test_tta_is_the_mean_of_the_logits_of_the_image_and_its_mirror():
 def test_test_set_is_padded_into_whole_batches_with_masked_labels():
     images = np.zeros((1300, 32, 32, 3), np.uint8)
     labels = np.arange(1300, dtype=np.int32) % 10
-    data = train.put_on_device(images[:600], labels[:600], images, labels, MEAN, STD,
+    data = train.put_on_device(in_memory(images[:600], labels[:600], images, labels, MEAN, STD),
                                presets.get_preset("myrtle-final"), jnp.float32)
     assert data.test_images.shape == (2, 1000, 32, 32, 3)
     assert int((data.test_labels >= 0).sum()) == 1300
@@ -149,8 +150,8 @@ def test_six_view_tta_is_the_weighted_mean_of_the_six_views():
 
 def test_fractional_epochs_end_inside_the_last_epoch():
     recipe = presets.get_preset("airbench94")
-    assert train.epoch_steps(recipe, 48) == [48] * 9 + [44]  # ceil(9.9 x 48) = 476 steps
-    assert train.epoch_steps(recipe.with_epochs(2), 10) == [10, 10]
+    assert settings.epoch_steps(recipe, 48) == [48] * 9 + [44]  # ceil(9.9 x 48) = 476 steps
+    assert settings.epoch_steps(recipe.with_epochs(2), 10) == [10, 10]
 
 
 @pytest.fixture(scope="module", params=["airbench94", "airbench94-muon"])

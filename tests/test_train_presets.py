@@ -8,6 +8,7 @@ import pytest
 from conftest import QUICK_COMPILE
 
 from jax_resnet_speed import presets, train
+from jax_resnet_speed.data import in_memory
 
 MEAN, STD = np.array([0.5, 0.5, 0.5]), np.array([0.25, 0.25, 0.25])
 
@@ -31,7 +32,7 @@ def test_every_preset_builds_takes_a_step_and_evaluates(preset):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, 64).astype(np.int32)
-    data = train.put_on_device(images, labels, images[:20], labels[:20], MEAN, STD, recipe, jnp.float32)
+    data = train.put_on_device(in_memory(images, labels, images[:20], labels[:20], MEAN, STD), recipe, jnp.float32)
     programs = train.build_programs(config, data)
 
     def quickly(program, *args):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from jax_resnet_speed import presets, report, train
+from jax_resnet_speed import flags, presets, report, train
 from jax_resnet_speed.experiments import common
 
 NAME = "batch_norm"
@@ -408,7 +408,7 @@ def positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = common.build_parser(NAME, __doc__.splitlines()[0], SCALES)
-    parser.add_argument("--batch-size", type=positive_int, help="batch size of the stress test (default: the scale's)")
+    flags.add_batch_size(parser, help="batch size of the stress test (default: the scale's)")
     parser.add_argument("--hessian-images", type=positive_int, metavar="N",
                         help="training images in the Hessian's fixed batch (default: the scale's)")
     parser.add_argument("--lanczos-iterations", type=positive_int, metavar="K",

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jax_resnet_speed import cli, install_hint, report
+from jax_resnet_speed import cli, flags, install_hint, report, settings as settings_lib
 
 PROGRESS_PREFIX = "  "
 
@@ -24,12 +24,11 @@ def build_parser(name: str, description: str, scales: Mapping[str, Mapping[str, 
     parser.add_argument("--out", required=True, metavar="DIR", help=f"folder for {name}.png, .json and .md")
     parser.add_argument("--scale", choices=sorted(scales), default="smoke",
                         help="smoke: minutes on a CPU; full: the post's setting, for a GPU")
-    cli.add_data_arguments(parser)
-    parser.add_argument("--width-mult", type=float, help="scale every channel width (default: the scale's)")
-    parser.add_argument("--epochs", type=int, help="training epochs (default: the scale's)")
-    parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"),
-                        help="compute precision (default: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the runs")
+    flags.add_data_arguments(parser)
+    flags.add_width_mult(parser, default=None, help="scale every channel width (default: the scale's)")
+    flags.add_epochs(parser, fractional=False, help="training epochs (default: the scale's)")
+    flags.add_precision(parser)
+    flags.add_seed(parser, help="seed of the runs")
     return parser
 
 
@@ -39,7 +38,7 @@ def settings(args: argparse.Namespace, scales: Mapping[str, Mapping[str, Any]], 
     for key in ("train_subset", "test_subset", "width_mult", "epochs", "precision"):
         if getattr(args, key, None) is not None:
             chosen[key] = getattr(args, key)
-    chosen.setdefault("precision", "fp32" if backend == "cpu" else "bf16")
+    chosen.setdefault("precision", settings_lib.default_precision(backend))
     chosen["seed"] = args.seed
     args.train_subset, args.test_subset = chosen.get("train_subset"), chosen.get("test_subset")
     return chosen
@@ -60,8 +59,7 @@ def upload(dataset, recipe, precision: str):
     """The dataset on the device, normalised and padded for `recipe` (train.put_on_device)."""
     from jax_resnet_speed import train
 
-    return train.put_on_device(dataset.train_images, dataset.train_labels, dataset.test_images,
-                               dataset.test_labels, dataset.mean, dataset.std, recipe, train.PRECISIONS[precision])
+    return train.put_on_device(dataset, recipe, train.PRECISIONS[precision])
 
 
 def post4_setup(args: argparse.Namespace, chosen: dict, preset: str):
@@ -122,21 +120,16 @@ def main(run: Callable[[argparse.Namespace], list[str]], parser: argparse.Argume
     if importlib.util.find_spec("matplotlib") is None:
         print(f"error: the experiments draw with matplotlib; install it with {install_hint('plot')}",
               file=sys.stderr)
-        return cli.EXIT_DATA_ERROR
-    for name in ("epochs", "train_subset", "test_subset"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if args.width_mult is not None and args.width_mult <= 0:
-        parser.error(f"--width-mult must be positive, got {args.width_mult}")
+        return flags.EXIT_DATA_ERROR
+    flags.validate_positive(args, parser)
     try:
         paths = run(args)
     except data.DataError as error:
         print(f"error: {error}", file=sys.stderr)
-        return cli.EXIT_DATA_ERROR
+        return flags.EXIT_DATA_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted: nothing written", file=sys.stderr)
-        return cli.EXIT_INTERRUPTED
+        return flags.EXIT_INTERRUPTED
     for path in paths:
         print(f"wrote {path}")
     return 0

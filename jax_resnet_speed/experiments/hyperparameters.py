@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from jax_resnet_speed import group, optim, presets, report, train
+from jax_resnet_speed import flags, group, optim, presets, report, train
 from jax_resnet_speed.experiments import common
 
 NAME = "hyperparameters"
@@ -219,7 +219,7 @@ def summary(slices: dict, settings: dict, title: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = common.build_parser(NAME, __doc__.splitlines()[0], SCALES)
     parser.add_argument("--grid", type=int, help="points per axis of each slice (default: the scale's)")
-    parser.add_argument("--batch-size", type=int, help="batch size (default: the scale's)")
+    flags.add_batch_size(parser, help="batch size (default: the scale's)")
     parser.add_argument("--points-at-once", type=int, metavar="K",
                         help="train K grid points per compiled group (default: as many as fit in memory; 1 on a CPU)")
     parser.add_argument("--slices", type=slice_names, default=[s.name for s in SLICES],
@@ -256,8 +256,7 @@ def compile_group(config: train.RunConfig, data: train.DeviceData, chosen: dict,
     elif jax.default_backend() == "cpu":
         at_once, why = CPU_POINTS_AT_ONCE, "one at a time on a CPU"
     else:
-        member_bytes = group.member_bytes(programs, data)
-        at_once = group.members_that_fit(member_bytes, group.available_bytes())
+        member_bytes, _, at_once = group.room(programs, data)
         why = f"as many as fit: about {member_bytes / 2**20:.0f} MiB each"
     at_once = min(points, at_once)
     compiled, seconds = group.compile_group(programs, data, [seed] * at_once, [programs.hyper] * at_once)

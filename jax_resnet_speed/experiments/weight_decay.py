@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_resnet_speed import model, optim, presets, report, train
+from jax_resnet_speed import flags, loop, model, optim, presets, report, train
 from jax_resnet_speed.experiments import common
 
 NAME = "weight_decay"
@@ -110,39 +110,58 @@ def scale_layer(params: Any, name: str, factor: float) -> Any:
                                             params)
 
 
+class MeasuringEngine(train.Engine):
+    """train.Engine stepping with the trainer's step followed by the measurement of the weights it moved."""
+
+    def __init__(self, programs: train.Programs, data: train.DeviceData, seed: int):
+        super().__init__(programs, data, seed)
+
+        def measured_step(state, images, labels, batches):
+            new = programs.train_step(state, images, labels, batches)
+            return new, step_statistics(state.params, new.params)
+
+        self.measured_step = jax.jit(measured_step, donate_argnums=0)
+        self.statistics: list[jax.Array] = []  # (layers, 2) per step
+        self.layers: list[str] = []
+        self.initial_norms: list[float] = []
+        self.started = 0.0  # when the init and the initial norms were done
+
+    def init(self) -> None:
+        super().init()
+        kernels = conv_kernels(self.state.params)
+        self.layers, self.initial_norms = list(kernels), [float(jnp.linalg.norm(k)) for k in kernels.values()]
+        self.started = time.perf_counter()
+
+    def train_epoch(self, epoch: int, steps: int) -> None:
+        batches = self.programs.epoch_batches(self.state.rng, jnp.int32(epoch))
+        for _ in range(steps):
+            self.state, stats = self.measured_step(self.state, self.data.train_padded, self.data.train_labels,
+                                                   batches)
+            self.statistics.append(stats)
+
+
 def train_and_measure(config: train.RunConfig, data: train.DeviceData, seed: int) -> dict:
-    """One run of the recipe with the trainer's train step, measuring every conv layer at every step."""
+    """One run of the recipe with the trainer's train step (loop.run), measuring every conv layer at every step."""
     recipe = config.recipe
     programs = train.build_programs(config, data)
+    engine = MeasuringEngine(programs, data, seed)
+    epochs = []
 
-    # The trainer's step, followed by the measurement of the weights it moved.
-    def measured_step(state, images, labels, batches):
-        new = programs.train_step(state, images, labels, batches)
-        return new, step_statistics(state.params, new.params)
-
-    measured_step = jax.jit(measured_step, donate_argnums=0)
-    state = programs.init(jax.random.key(seed), data.train_padded, programs.hyper)
-    names = list(conv_kernels(state.params))
-    initial_norms = [float(jnp.linalg.norm(k)) for k in conv_kernels(state.params).values()]
-    statistics, epochs = [], []
-    start = time.perf_counter()
-    for epoch in range(1, recipe.epochs + 1):
-        batches = programs.epoch_batches(state.rng, jnp.int32(epoch))
-        for _ in range(programs.steps_per_epoch):
-            state, stats = measured_step(state, data.train_padded, data.train_labels, batches)
-            statistics.append(stats)
-        sums = np.asarray(programs.evaluate(train.eval_variables(state), data.test_images, data.test_labels))
-        epochs.append({"epoch": epoch, "test_accuracy": float(sums[0] / sums[3]),
-                       "seconds": time.perf_counter() - start})
-        common.progress(f"epoch {epoch}/{recipe.epochs}: test accuracy {epochs[-1]['test_accuracy']:.4f} "
+    def on_epoch(member: int, metrics: dict) -> None:
+        epochs.append({"epoch": metrics["epoch"], "test_accuracy": metrics["test_accuracy"],
+                       "seconds": time.perf_counter() - engine.started})
+        common.progress(f"epoch {metrics['epoch']}/{recipe.epochs}: test accuracy {metrics['test_accuracy']:.4f} "
                         f"({epochs[-1]['seconds']:.0f} s)")
-    statistics = np.asarray(jax.device_get(jnp.stack(statistics)))  # (steps, layers, 2)
+
+    loop.run(engine, recipe, [seed], [{}], on_epoch)
+    state = engine.state
+    statistics = np.asarray(jax.device_get(jnp.stack(engine.statistics)))  # (steps, layers, 2)
     # Page's form reads lr(t + 1) at step t (optim.nesterov_sgd); torch's reads lr(t).
     steps = jnp.arange(len(statistics)) + (recipe.optimiser.update == "page")
     lrs = np.asarray(programs.schedule(steps)).tolist()
     images, labels = batch_for_check(data, programs, state)
     net = model.for_recipe(recipe, config.width_mult, train.PRECISIONS[config.precision])
-    return {"layers": names, "initial_norms": initial_norms, "lr": lrs,
+    return {"layers": engine.layers, "initial_norms": engine.initial_norms, "lr": lrs,
             "norms": statistics[:, :, 0].T.tolist(), "relative_updates": statistics[:, :, 1].T.tolist(),
             "epochs": epochs, "steps_per_epoch": programs.steps_per_epoch,
             "scale_invariance": scale_invariance(net, state, images, labels)}
@@ -241,7 +260,7 @@ def summary(result: dict, recipe: presets.Recipe, title: str, scale: str) -> str
 
 def build_parser() -> argparse.ArgumentParser:
     parser = common.build_parser(NAME, __doc__.splitlines()[0], SCALES)
-    parser.add_argument("--batch-size", type=int, help="batch size (default: the scale's)")
+    flags.add_batch_size(parser, help="batch size (default: the scale's)")
     return parser
 
 

@@ -1,6 +1,6 @@
-"""The training loop: state, one jitted train step, evaluation, and timed runs.
+"""The JAX programs of a run: the train state, one jitted train step, evaluation, and a timed run (loop.py).
 
-Run `python -m jax_resnet_speed.train --help` for the command line (jax_resnet_speed/cli.py).
+A library: `python -m jax_resnet_speed.train` (train/__main__.py) runs the command line of cli.py.
 """
 
 from __future__ import annotations
@@ -18,27 +18,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jax_resnet_speed import augment, model as model_lib, optim, parallel, report
+from jax_resnet_speed import augment, loop, model as model_lib, optim, parallel
+from jax_resnet_speed.data import Dataset
 from jax_resnet_speed.presets import Recipe
+from jax_resnet_speed.settings import EVAL_BATCH, IMAGE_SIZE, RunConfig
 
-PRECISIONS = {"bf16": jnp.bfloat16, "fp16": jnp.float16, "fp32": jnp.float32}
-IMAGE_SIZE = 32
-EVAL_BATCH = 1000
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """A recipe plus the choices that are not part of it."""
-
-    recipe: Recipe
-    precision: str = "bf16"
-    width_mult: float = 1.0
-    loop: str = "step"  # one of compilation.LOOPS
-    devices: int = 1  # data parallel over this many devices (parallel.py)
-
-    def to_dict(self) -> dict:
-        return {"recipe": self.recipe.to_dict(), "precision": self.precision, "width_mult": self.width_mult,
-                "loop": self.loop, "devices": self.devices}
+PRECISIONS = {"bf16": jnp.bfloat16, "fp16": jnp.float16, "fp32": jnp.float32}  # settings.PRECISIONS' dtypes
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -70,15 +55,15 @@ class DeviceData:
         return self.train_padded.shape[0]
 
 
-def put_on_device(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
-                  test_labels: np.ndarray, mean: np.ndarray, std: np.ndarray, recipe: Recipe,
-                  dtype: Any, mesh: Mesh | None = None) -> DeviceData:
-    """Upload uint8 images once, then normalise and pad them on the device.
+def put_on_device(dataset: Dataset, recipe: Recipe, dtype: Any, mesh: Mesh | None = None) -> DeviceData:
+    """Upload the uint8 images once, then normalise (with the dataset's statistics) and pad them on the device.
 
     With a mesh, every device holds the whole dataset: CIFAR-10 is 0.2 GB in bf16, and a
     replicated set lets each device gather its share of a batch locally, with no traffic.
     """
-    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+    mean, std = jnp.asarray(dataset.mean, jnp.float32), jnp.asarray(dataset.std, jnp.float32)
+    train_images, train_labels = dataset.train_images, dataset.train_labels
+    test_images, test_labels = dataset.test_images, dataset.test_labels
 
     @jax.jit
     def normalise(images):
@@ -290,61 +275,59 @@ def train_epoch(programs: Programs, data: DeviceData, state: TrainState, epoch: 
     return state
 
 
-def epoch_steps(recipe: Recipe, steps_per_epoch: int) -> list[int]:
-    """The steps of each epoch of a run: whole epochs, then what is left of a fractional one."""
-    total = recipe.run_steps(steps_per_epoch)
-    return [min(steps_per_epoch, total - start) for start in range(0, total, steps_per_epoch)]
+class Engine:
+    """loop.Engine over compiled programs: one run from `seed` with the recipe's hyperparameters.
+
+    `state`: a train state to go on from (a resumed run); otherwise `init` makes it.
+    """
+
+    def __init__(self, programs: Programs, data: DeviceData, seed: int, state: TrainState | None = None):
+        self.programs, self.data, self.seed, self.state = programs, data, seed, state
+        self.steps_per_epoch = programs.steps_per_epoch
+
+    def init_arguments(self) -> tuple[jax.Array, optim.Hyper]:
+        """The init program's key and hyperparameters."""
+        return jax.random.key(self.seed), self.programs.hyper
+
+    def init(self) -> None:
+        key, hyper = self.init_arguments()
+        self.state = jax.block_until_ready(self.programs.init(key, self.data.train_padded, hyper))
+
+    def train_epoch(self, epoch: int, steps: int) -> None:
+        self.state = train_epoch(self.programs, self.data, self.state, epoch, steps)
+
+    def totals(self) -> np.ndarray:
+        return np.atleast_2d(np.asarray(jax.device_get(self.state.totals)))
+
+    def evaluate(self) -> np.ndarray:
+        sums = self.programs.evaluate(eval_variables(self.state), self.data.test_images, self.data.test_labels)
+        return np.atleast_2d(np.asarray(jax.device_get(sums)))
+
+    def learning_rates(self, done: int) -> np.ndarray:
+        return np.array([float(self.programs.schedule(done))])
 
 
 def run(programs: Programs, data: DeviceData, config: RunConfig, seed: int,
         on_epoch: Callable[[dict], None], record: dict, resume_from: TrainState | None = None,
         after_epoch: Callable[[TrainState], None] = lambda state: None) -> dict:
-    """One timed training run. Fills `record` (seed, status, epochs, ...) as it goes.
+    """One timed training run (loop.run). Fills `record` (seed, status, epochs, ...) as it goes.
 
-    The clock covers the training epochs; evaluation after each epoch is timed apart. Under
-    airbench's rule (recipe.timing.rule) it also covers the init program, which computes the
-    whitening filters, and the final evaluation with TTA. Raises Diverged when the loss stops
-    being finite.
+    Raises Diverged when the loss stops being finite.
 
     resume_from: the state saved after the last epoch in `record` (checkpoint.py); the run goes
     on from the next epoch, its clock from the recorded seconds. after_epoch: called with the
     state after each epoch's row is recorded, off the clock (to save a checkpoint).
     """
-    recipe = config.recipe
-    airbench_rule = recipe.timing.rule == "airbench"
-    if resume_from is None:
-        record.update(seed=seed, status="running", epochs=[], final_accuracy=None, seconds_to_target=None)
-        start = time.perf_counter()
-        state = jax.block_until_ready(programs.init(jax.random.key(seed), data.train_padded, programs.hyper))
-        train_seconds, previous_totals = time.perf_counter() - start if airbench_rule else 0.0, np.zeros(3)
-    else:
-        state, train_seconds = resume_from, record["epochs"][-1]["train_seconds"]
-        previous_totals = np.asarray(jax.device_get(state.totals))
-    lengths = epoch_steps(recipe, programs.steps_per_epoch)
-    for epoch, steps in enumerate(lengths, 1):
-        if epoch <= len(record["epochs"]):
-            continue  # done before the checkpoint this run resumed from
-        start = time.perf_counter()
-        state = train_epoch(programs, data, state, epoch, steps)
-        totals = np.asarray(jax.device_get(state.totals))  # waits for the device
-        epoch_seconds = time.perf_counter() - start
-        train_seconds += epoch_seconds
+    engine = Engine(programs, data, seed, resume_from)
 
-        eval_start = time.perf_counter()
-        correct, correct_tta, loss_sum, count = np.asarray(
-            jax.device_get(programs.evaluate(eval_variables(state), data.test_images, data.test_labels)))
-        eval_seconds = time.perf_counter() - eval_start
-        if airbench_rule and epoch == len(lengths):
-            train_seconds += eval_seconds  # the final evaluation, with TTA, is on airbench's clock
+    def saved(epoch: int) -> None:
+        if record["status"] == "running":
+            after_epoch(engine.state)
 
-        done = (epoch - 1) * programs.steps_per_epoch + steps
-        metrics = report.epoch_metrics(epoch, float(programs.schedule(done)),
-                                       totals - previous_totals, (correct, correct_tta, loss_sum, count),
-                                       recipe.evaluation.tta, epoch_seconds, train_seconds, eval_seconds)
-        previous_totals = totals
-        report.add_epoch(record, metrics, on_epoch)
-        after_epoch(state)
-    report.complete_run(record, recipe.timing.target, recipe.timing.rule)
+    diverged = loop.run(engine, config.recipe, [seed], [record], lambda member, metrics: on_epoch(metrics), saved,
+                        resumed=resume_from is not None)
+    if diverged:
+        raise diverged[0]
     return record
 
 
@@ -353,9 +336,3 @@ def profile_epoch(programs: Programs, data: DeviceData, seed: int, trace_dir: st
     state = jax.block_until_ready(programs.init(jax.random.key(seed), data.train_padded, programs.hyper))
     with jax.profiler.trace(trace_dir):
         jax.block_until_ready(train_epoch(programs, data, state, epoch=1))
-
-
-if __name__ == "__main__":
-    from jax_resnet_speed.cli import main
-
-    raise SystemExit(main())
