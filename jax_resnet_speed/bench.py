@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str] | None:
     """Exit 2 on flags that make no sense; returns the loop modes (None: the backend's default)."""
     flags.validate_positive(args, parser)
+    flags.validate_outputs(args, parser)
     loops = None
     if args.loops is not None:
         loops = [mode.strip() for mode in args.loops.split(",") if mode.strip()]

@@ -10,11 +10,12 @@ import dataclasses
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from jax_resnet_speed import compilation, flags, presets, settings
-from jax_resnet_speed.flags import EXIT_DATA_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USAGE
+from jax_resnet_speed import compilation, flags, install_hint, interrupt, presets, settings
+from jax_resnet_speed.flags import EXIT_DATA_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USAGE  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from jax_resnet_speed.tensorboard_log import EpochLog
@@ -47,7 +48,12 @@ def initialize_distributed(args: argparse.Namespace) -> None:
     if args.distributed or any(v is not None for v in explicit.values()):
         import jax
 
-        jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
+        try:
+            jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
+        except ValueError as error:  # e.g. no cluster environment to read the coordinator from
+            raise UsageError(f"--distributed could not join a cluster ({' '.join(str(error).split())}); run it "
+                             "under SLURM or Open MPI, or give --coordinator, --num-processes and --process-id") \
+                from None
 
 
 def resolve_devices(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -75,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jax_resnet_speed.train",
         description="Train a ResNet-9 on CIFAR-10 with a Myrtle AI recipe and time it to the target accuracy.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=flags.HelpFormatter)
     flags.add_run_arguments(parser)
     flags.add_compile_arguments(parser)
     parser.add_argument("--parallel", type=int, default=1, metavar="K",
@@ -123,6 +129,7 @@ def resolve_config(args: argparse.Namespace, backend: str, preset: str | None = 
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser, preset: str | None = None) -> None:
     """Exit 2 with a usage message on flags that make no sense for `preset` (default --preset)."""
     flags.validate_positive(args, parser)
+    flags.validate_outputs(args, parser)
     flags.validate_batch_size(parser, presets.get_preset(preset or args.preset), args.batch_size)
     if getattr(args, "resume", False) and not args.checkpoint_dir:
         parser.error("--resume continues from --checkpoint-dir DIR; add it")
@@ -136,14 +143,26 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser, preset: 
         parser.error("--plot without a path draws beside --json; add --json PATH or give --plot PNG")
     for flag, module, extra in (("tensorboard", "tensorboard", "tensorboard"), ("plot", "matplotlib", "plot")):
         if getattr(args, flag, None) and importlib.util.find_spec(module) is None:
-            parser.error(f"--{flag} needs {module}: pip install 'jax_resnet_speed[{extra}]'")
+            parser.error(f"--{flag} needs {module}: {install_hint(extra)}")
 
 
 def load_data(args: argparse.Namespace):
     """The dataset, cut to the requested subsets."""
     from jax_resnet_speed import data
 
-    dataset = data.load_cifar10(args.data, args.cache_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", data.DataWarning)
+        dataset = data.load_cifar10(args.data, args.cache_dir)
+    for warning in caught:  # one plain line each, as `data info` prints them, not Python's format
+        if issubclass(warning.category, data.DataWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    for flag, asked, available in (("--train-subset", args.train_subset, len(dataset.train_images)),
+                                   ("--test-subset", args.test_subset, len(dataset.test_images))):
+        if asked and asked > available:
+            print(f"warning: {flag} {asked} is more than the {available:,} images there are: using all of them",
+                  file=sys.stderr)
     if args.train_subset or args.test_subset:
         dataset = dataclasses.replace(
             dataset,
@@ -166,11 +185,19 @@ def config_section(args: argparse.Namespace, config, dataset) -> dict:
     from jax_resnet_speed import data
 
     if len(dataset.train_images) < config.recipe.batch_size:
-        raise data.DataError(f"{len(dataset.train_images)} training images are fewer than one batch of "
+        raise TooFewImages(f"{len(dataset.train_images)} training images are fewer than one batch of "
                              f"{config.recipe.batch_size}; lower --batch-size or raise --train-subset")
     return {**config.to_dict(), "seed": args.seed, "runs": args.runs, "data": args.data,
             "data_kind": dataset.source_kind, "data_checksum": dataset.checksum,
             "train_images": len(dataset.train_images), "test_images": len(dataset.test_images)}
+
+
+class UsageError(ValueError):
+    """A flag that cannot be met; its message is one line, and the exit code 2."""
+
+
+class TooFewImages(UsageError):
+    """Fewer training images than one batch: a flag problem (--train-subset, --batch-size), exit 2."""
 
 
 RunOne = Callable[[int, Callable[[dict], None], dict], dict]
@@ -213,41 +240,56 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
         seeds = [args.seed + index for index in range(args.runs)]
     exit_code = 0
     try:
-        run_one = prepare()
-        if getattr(args, "parallel", 1) > 1:
-            exit_code = run_groups(args, payload, target, run_one, seeds, checkpoint if on_checkpoint else None, log)
-            save()
-            print(report.summary_line(payload["summary"], target))
-            return exit_code
-        for seed in seeds:
-            print(f"\nrun {seed - args.seed + 1}/{args.runs}, seed {seed}")
-            print(report.table_header())
-            record: dict = {}
-            payload["runs"].append(record)
-
-            def on_epoch(metrics: dict, run: int = seed - args.seed + 1, seed: int = seed) -> None:
-                print(report.table_row(metrics), flush=True)
-                if log is not None:
-                    log.write(run, seed, metrics)
-
-            try:
-                run_one(seed, on_epoch, record)
-            except report.Diverged as error:
-                print(f"error: {error}; stopping this run", file=sys.stderr)
-                exit_code = EXIT_DIVERGED
-            print(report.run_line(record, target))
-            if on_checkpoint is not None:
-                checkpoint()
+        run_one = prepare()  # until it returns, Ctrl-C exits at once: nothing has finished (interrupt.py)
+        with interrupt.saving():
+            exit_code = run_seeds(args, payload, target, run_one, seeds, checkpoint if on_checkpoint else None, log)
     except KeyboardInterrupt:
         report.mark_interrupted(payload["runs"])
-        print("\ninterrupted: saving what finished", file=sys.stderr)
+        if not any(record.get("epochs") for record in payload["runs"]):
+            kept = f" ({args.json} left as it was)" if getattr(args, "json", None) else ""
+            return interrupt.leave(f"interrupted before any epoch finished: nothing was written{kept}")
         save()
-        return EXIT_INTERRUPTED
+        hint = (f"; the checkpoint of the last finished epoch is in {args.checkpoint_dir}: the same command with "
+                "--resume goes on from it" if getattr(args, "checkpoint_dir", None) else "")
+        return interrupt.leave(f"interrupted: kept what finished{hint}")
     finally:
         if log is not None:
             log.close()
     save()
     print(report.summary_line(payload["summary"], target))
+    return exit_code
+
+
+def run_seeds(args: argparse.Namespace, payload: dict, target: float, run_one: RunOne, seeds: Sequence[int],
+              checkpoint: Callable[[], None] | None, log: EpochLog | None) -> int:
+    """The timed runs of run_all, one after the other or in --parallel groups, each printing its table.
+
+    checkpoint: called after every finished run. Returns the exit code (EXIT_DIVERGED when a run diverged).
+    """
+    from jax_resnet_speed import report
+
+    if getattr(args, "parallel", 1) > 1:
+        return run_groups(args, payload, target, run_one, seeds, checkpoint, log)
+    exit_code = 0
+    for seed in seeds:
+        print(f"\nrun {seed - args.seed + 1}/{args.runs}, seed {seed}")
+        print(report.table_header())
+        record: dict = {}
+        payload["runs"].append(record)
+
+        def on_epoch(metrics: dict, run: int = seed - args.seed + 1, seed: int = seed) -> None:
+            print(report.table_row(metrics), flush=True)
+            if log is not None:
+                log.write(run, seed, metrics)
+
+        try:
+            run_one(seed, on_epoch, record)
+        except report.Diverged as error:
+            print(f"error: {error}; stopping this run", file=sys.stderr)
+            exit_code = EXIT_DIVERGED
+        print(report.run_line(record, target))
+        if checkpoint is not None:
+            checkpoint()
     return exit_code
 
 
@@ -315,6 +357,9 @@ def train_from_args(args: argparse.Namespace) -> int:
     except data.DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_DATA_ERROR
+    except TooFewImages as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     env = payload["environment"]
     print(f"{recipe.name}: {recipe.description}")
     print(f"{env['device_kind']} ({env['backend']}), jax {env['jax']}, {config.precision}, width x{config.width_mult}, "
@@ -343,10 +388,7 @@ def train_from_args(args: argparse.Namespace) -> int:
         code = run_all(args, payload, recipe.timing.target, prepare, seeds)
     except GroupTooLarge as error:
         print(f"error: {error}", file=sys.stderr)
-        return EXIT_DATA_ERROR
-    if code == EXIT_INTERRUPTED and args.checkpoint_dir:
-        print(f"the checkpoint of the last finished epoch is in {args.checkpoint_dir}: "
-              "the same command with --resume goes on from it", file=sys.stderr)
+        return EXIT_USAGE  # a flag that cannot be met
     return code
 
 
@@ -469,7 +511,7 @@ def prepare_group(config, dataset, size: int, seed: int, payload: dict) -> RunGr
     programs = train.build_programs(config, device_data)
     per_run, available, fits = group.room(programs, device_data)
     if size > fits:
-        raise GroupTooLarge(f"--parallel {size} needs about {size * per_run / 2**30:.1f} GiB on top of the "
+        raise GroupTooLarge(f"{size} runs at once (--parallel) need about {size * per_run / 2**30:.1f} GiB on top of the "
                             f"dataset and {available / 2**30:.1f} GiB are free; the largest group that fits is "
                             f"--parallel {fits}")
     seeds = list(range(seed, seed + size))
@@ -506,7 +548,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     validate(args, parser)
     configure_compilation(args)
-    initialize_distributed(args)
+    try:
+        initialize_distributed(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     args.devices = resolve_devices(args, parser)
     return train_from_args(args)
 

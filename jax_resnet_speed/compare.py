@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m jax_resnet_speed.compare",
         description="Time the same recipe in JAX, PyTorch eager and PyTorch compiled, runs interleaved, "
                     "and write compare.json, compare.md and compare.png.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=flags.HelpFormatter)
     flags.add_run_arguments(parser)
     parser.set_defaults(runs=3)  # per framework
     parser.add_argument("--out", default="compare-out", metavar="DIR",

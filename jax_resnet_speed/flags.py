@@ -7,9 +7,10 @@ their parsers from these. Plain Python: importing it starts no JAX (the PyTorch 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
-from jax_resnet_speed import compilation, presets, settings
+from jax_resnet_speed import compilation, paths, presets, settings
 
 # Exit codes of every runner. 2 is argparse's own for a usage error.
 EXIT_DATA_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -19,10 +20,36 @@ POSITIVE = ("epochs", "batch_size", "runs", "train_subset", "test_subset", "para
             "steps", "repeats")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with "(default: X)" only where X says something: not for None or False, nor where the help
+    already names the default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def epochs_type(text: str) -> int | float:
     """A run length in epochs: an int when whole (as the Myrtle presets write it), else a float (9.9)."""
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of epochs, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"a finite number of epochs, got {text!r}")
     return int(value) if value.is_integer() else value
+
+
+def seed_type(text: str) -> int:
+    """A seed: a whole number >= 0 (jax.random.key takes any, but run i uses seed + i and JSONs key on it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a whole number >= 0, got {value}")
+    return value
 
 
 def devices_type(text: str) -> int | str:
@@ -67,7 +94,7 @@ def add_width_mult(parser: argparse.ArgumentParser, default: float | None = 1.0,
 
 
 def add_seed(parser: argparse.ArgumentParser, help: str = "seed of the first run; run i uses seed + i") -> None:
-    parser.add_argument("--seed", type=int, default=0, help=help)
+    parser.add_argument("--seed", type=seed_type, default=0, help=help)
 
 
 def add_json(parser: argparse.ArgumentParser, help: str = "write the machine-readable result here") -> None:
@@ -142,6 +169,25 @@ def validate_positive(args: argparse.Namespace, parser: argparse.ArgumentParser)
         value = getattr(args, name, None)
         if isinstance(value, (int, float)) and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def validate_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Exit 2 on an output path that cannot be written, before any data is loaded or anything compiles."""
+    files = {"json": getattr(args, "json", None), "plot": plot_path(args) if getattr(args, "json", None) or
+             getattr(args, "plot", None) != PLOT_BESIDE_JSON else None}
+    folders = {name: getattr(args, name, None) for name in
+               ("tensorboard", "checkpoint_dir", "xla_dump", "profile", "out", "compile_cache")}
+    if getattr(args, "no_compile_cache", False):
+        if args.compile_cache != str(compilation.default_compile_cache()):
+            parser.error("--compile-cache DIR and --no-compile-cache contradict each other; give one of them")
+        folders["compile_cache"] = None
+    try:
+        for name, path in files.items():
+            paths.check_output_file(path, f"--{name.replace('_', '-')}")
+        for name, path in folders.items():
+            paths.check_output_folder(path, f"--{name.replace('_', '-')}")
+    except paths.PathError as error:
+        parser.error(str(error))
 
 
 def validate_batch_size(parser: argparse.ArgumentParser, recipe: presets.Recipe, batch_size: int | None) -> None:

@@ -68,6 +68,19 @@ def available_bytes(device: jax.Device | None = None) -> int:
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return _host_available_bytes()
+
+
+def _host_available_bytes() -> int:
+    """The kernel's MemAvailable (free memory plus the page cache it can drop), not MemFree, which
+    leaves out the cache and so reads far lower on a machine that has been reading files."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass  # not Linux
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from jax_resnet_speed import report
+from jax_resnet_speed import interrupt, report
 from jax_resnet_speed.presets import Recipe
 from jax_resnet_speed.settings import epoch_steps
 
@@ -100,6 +100,7 @@ def run(engine: Engine, recipe: Recipe, seeds: Sequence[int], records: Sequence[
                     diverged.append(error)  # status is "diverged"; the rest of a group trains on
             previous_totals = totals
             after_epoch(epoch)
+            interrupt.check()  # with --loop epoch, Ctrl-C stops here, after the epoch's row
             if all(record["status"] != "running" for record in records):
                 break
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jax_resnet_speed import install_hint
+from jax_resnet_speed import install_hint, paths
 
 # (header, metrics key, format) for the per-epoch table, in Myrtle's column order.
 COLUMNS = (
@@ -407,6 +407,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also the seconds to each of these accuracies (e.g. 0.93,0.935,0.94), from the "
                              "per-epoch records, under the recipe's timing rule")
     args = parser.parse_args(argv)
+    try:
+        paths.check_output_file(args.json, "--json")
+        paths.check_output_file(args.plot, "--plot")
+    except paths.PathError as error:
+        parser.error(str(error))
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         print(f"error: --plot draws with matplotlib; install it with {install_hint('plot')}", file=sys.stderr)
         return 1
@@ -415,9 +420,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.files:
             try:
                 with open(name) as handle:
-                    payloads.append((name, json.load(handle)))
+                    payload = json.load(handle)
             except (OSError, ValueError) as error:
                 raise MergeError(f"cannot read {name}: {error}") from None
+            if not (isinstance(payload, dict) and isinstance(payload.get("config"), dict)
+                    and isinstance(payload.get("runs"), list)):
+                raise MergeError(f"{name} is not a result JSON (no config and runs); give files written by "
+                                 "--json of the trainer")
+            payloads.append((name, payload))
         merged = merge(payloads)
     except MergeError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m jax_resnet_speed.series",
         description="Train a group of the series' presets, --runs times each, and tabulate them beside "
                     "Myrtle's published V100 times. Continues an earlier call with the same --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=flags.HelpFormatter)
     choose = parser.add_mutually_exclusive_group(required=True)
     choose.add_argument("--group", choices=list(GROUPS),
                         help="; ".join(f"{name}: {GROUP_HELP.get(name, '')} ({len(names)} presets)"
@@ -473,6 +473,9 @@ def run_series(args: argparse.Namespace, names: list[str], argv: Sequence[str]) 
     except data.DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return flags.EXIT_DATA_ERROR
+    except cli.UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return flags.EXIT_USAGE
     settings.update(data=args.data, cache_dir=args.cache_dir, data_kind=dataset.source_kind,
                     data_checksum=dataset.checksum, train_images=len(dataset.train_images),
                     test_images=len(dataset.test_images))

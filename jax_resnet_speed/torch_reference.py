@@ -750,7 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jax_resnet_speed.torch_reference",
         description="Train the same recipe (any preset of the series) in PyTorch, timed like the JAX trainer.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=flags.HelpFormatter)
     flags.add_run_arguments(parser)
     flags.add_json(parser)
     flags.add_output_arguments(parser)
@@ -790,6 +790,9 @@ def train_from_args(args: argparse.Namespace) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return flags.EXIT_DATA_ERROR
+    except cli.UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return flags.EXIT_USAGE
     payload["config"].update(framework="torch-compile" if args.compile else "torch", device=str(device),
                              memory_format=args.memory_format)
     env = payload["environment"]

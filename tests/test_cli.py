@@ -208,7 +208,107 @@ def test_a_group_too_large_for_memory_is_refused_naming_the_largest_that_fits(ti
     monkeypatch.setattr(group, "member_bytes", member_bytes)
     code = cli.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "1", "--runs", "8",
                      "--parallel", "8", "--preset", "myrtle-resnet9", "--train-subset", "384", *TINY])
-    assert code == 1
-    error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "--parallel 8 needs about" in error[0]
+    assert code == 2  # a flag that cannot be met, as the README says
+    error = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: ")]
+    assert len(error) == 1 and "8 runs at once (--parallel) need about" in error[0]
     assert error[0].endswith("the largest group that fits is --parallel 2")  # 80% of 3 runs' memory
+
+
+def sigint_when(args: list[str], seen: str, delay: float) -> subprocess.CompletedProcess:
+    """Run the trainer, send SIGINT `delay` seconds after `seen` appears in its stdout, and wait for it."""
+    import os
+    import signal
+    import time
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}  # compile time is not what is tested
+    process = subprocess.Popen([sys.executable, "-u", "-m", "jax_resnet_speed.train", *args], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if seen in line:
+            break
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, "".join(lines) + stdout, stderr)
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c_exits_130_with_one_line_and_never_replaces_a_result_with_less(tiny_npz, tmp_path):
+    keep = tmp_path / "keep.json"
+    keep.write_text('{"a good": "earlier result"}\n')
+    args = ["--data", tiny_npz, "--cache-dir", str(tmp_path), "--json", str(keep), "--width-mult", "0.0625",
+            "--batch-size", "64", "--precision", "fp32", "--epochs", "10", "--runs", "20"]
+    # While compiling: nothing has finished, so the earlier file stays.
+    compiling = sigint_when(args, "timing:", 0.5)
+    assert compiling.returncode == 130, compiling.stderr
+    assert compiling.stderr.endswith("\ninterrupted before anything finished: nothing was written\n")
+    assert "Traceback" not in compiling.stderr and compiling.stderr.startswith("warning: this is not the full")
+    assert keep.read_text() == '{"a good": "earlier result"}\n'
+    # While training: what finished is written, the run in flight is marked interrupted.
+    training = sigint_when(args, "    2 ", 0.0)
+    assert training.returncode == 130, training.stderr
+    assert "Traceback" not in training.stderr and training.stderr.endswith("interrupted: kept what finished\n")
+    payload = json.loads(keep.read_text())
+    assert payload["runs"][-1]["status"] == "interrupted" and len(payload["runs"]) < 20
+    assert len(payload["runs"][0]["epochs"]) >= 2
+
+
+def bad_flag_cases(tmp_path) -> dict[str, tuple[list[str], str]]:
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    return {
+        "nan epochs": (["--epochs", "nan"], "argument --epochs: a finite number of epochs, got 'nan'"),
+        "inf epochs": (["--epochs", "inf"], "a finite number of epochs, got 'inf'"),
+        "negative seed": (["--seed", "-1"], "argument --seed: a whole number >= 0, got -1"),
+        "cache both ways": (["--compile-cache", str(tmp_path / "c"), "--no-compile-cache"], "contradict each other"),
+        "json is a folder": (["--json", str(tmp_path)], f"--json {tmp_path} names a folder"),
+        "json ends in /": (["--json", f"{tmp_path}/new/"], "names a folder"),
+        "json under a file": (["--json", str(afile / "out.json")], "a-file is a file, so nothing can be written"),
+        "plot is a folder": (["--plot", str(tmp_path)], f"--plot {tmp_path} names a folder"),
+        "tensorboard is a file": (["--tensorboard", str(afile)], "--tensorboard"),
+        "checkpoints in a file": (["--checkpoint-dir", str(afile)], "--checkpoint-dir"),
+        "xla dump is a file": (["--xla-dump", str(afile)], "--xla-dump"),
+    }
+
+
+def test_bad_values_and_output_paths_exit_2_before_any_work(tmp_path, capsys, monkeypatch):
+    """Checked in-process through main(): each must stop in argument checking, before data or JAX's backend."""
+    monkeypatch.setattr(cli, "train_from_args", lambda args: pytest.fail("got past the flag checks"))
+    for case, (args, message) in bad_flag_cases(tmp_path).items():
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(["--data", str(tmp_path / "never-read.npz"), *args])
+        assert stopped.value.code == 2, case
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (case, err)
+        assert err.strip().splitlines()[-1].startswith("python -m jax_resnet_speed.train: error: "), (case, err)
+    err = ""
+    for folder_flag in ("--tensorboard", "--checkpoint-dir", "--xla-dump"):
+        with pytest.raises(SystemExit):
+            cli.main([folder_flag, str(tmp_path / "a-file")])
+        err = capsys.readouterr().err
+        assert f"{folder_flag} {tmp_path / 'a-file'} is a file; give a folder path" in err, err
+
+
+def test_too_few_images_for_a_batch_and_subsets_beyond_the_data(tiny_npz, tmp_path, capsys):
+    assert cli.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--train-subset", "10", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "error: 10 training images are fewer than one batch of 128" in err and "Traceback" not in err
+    args = cli.build_parser().parse_args(["--data", tiny_npz, "--train-subset", "60000", "--test-subset", "100"])
+    dataset = cli.load_data(args)
+    assert len(dataset.train_images) == 512 and len(dataset.test_images) == 100
+    err = capsys.readouterr().err.splitlines()
+    assert "warning: --train-subset 60000 is more than the 512 images there are: using all of them" in err
+    # The dataset's own warning as one plain line, as `data info` prints it, not Python's warning format.
+    assert any(line.startswith("warning: this is not the full CIFAR-10") for line in err)
+    assert not any("DataWarning" in line or "load_cifar10(" in line for line in err)
+
+
+def test_distributed_without_a_cluster_is_one_line_and_exit_2(monkeypatch):
+    environment = {k: v for k, v in __import__("os").environ.items()
+                   if not k.startswith(("SLURM_", "OMPI_", "PMI_", "JAX_COORDINATOR", "JAX_NUM_PROCESSES"))}
+    result = subprocess.run([sys.executable, "-m", "jax_resnet_speed.train", "--distributed", "--epochs", "1"],
+                            capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: --distributed could not join a cluster") and "Traceback" not in result.stderr

@@ -122,6 +122,7 @@ def main(run: Callable[[argparse.Namespace], list[str]], parser: argparse.Argume
               file=sys.stderr)
         return flags.EXIT_DATA_ERROR
     flags.validate_positive(args, parser)
+    flags.validate_outputs(args, parser)
     try:
         paths = run(args)
     except data.DataError as error:

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jax_resnet_speed import augment, loop, model as model_lib, optim, parallel
+from jax_resnet_speed import augment, interrupt, loop, model as model_lib, optim, parallel
 from jax_resnet_speed.data import Dataset
 from jax_resnet_speed.presets import Recipe
 from jax_resnet_speed.settings import EVAL_BATCH, IMAGE_SIZE, RunConfig
@@ -271,6 +271,7 @@ def train_epoch(programs: Programs, data: DeviceData, state: TrainState, epoch: 
     if programs.loop == "epoch" and steps == programs.steps_per_epoch:
         return programs.train_steps(state, data.train_padded, data.train_labels, batches)
     for _ in range(steps):
+        interrupt.check()  # Ctrl-C stops after the step in flight (a flag read on the host: no sync)
         state = programs.train_step(state, data.train_padded, data.train_labels, batches)
     return state
 

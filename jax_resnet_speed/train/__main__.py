@@ -6,6 +6,10 @@ jax_resnet_speed.train, so the command line and the library share one TrainState
 
 import sys
 
-from jax_resnet_speed.cli import main
+from jax_resnet_speed import interrupt
 
-sys.exit(main())
+with interrupt.handling():  # before the heavy imports: Ctrl-C during them exits with one line too
+    from jax_resnet_speed.cli import main
+
+    code = main()
+sys.exit(code)
