@@ -371,7 +371,8 @@ def train_from_args(args: argparse.Namespace) -> int:
     seeds, resume = [args.seed + index for index in range(args.runs)], None
     if args.checkpoint_dir:
         try:
-            resume = resume_point(args, payload)
+            epochs = len(settings.epoch_steps(recipe, len(dataset.train_images) // recipe.batch_size))
+            resume = resume_point(args, payload, epochs)
         except ResumeRefused as error:
             print(f"error: {error}", file=sys.stderr)
             return error.exit_code
@@ -400,10 +401,11 @@ class ResumeRefused(Exception):
         self.exit_code = exit_code
 
 
-def resume_point(args: argparse.Namespace, payload: dict) -> dict | None:
+def resume_point(args: argparse.Namespace, payload: dict, epochs: int) -> dict | None:
     """With --resume: the finished runs of the latest checkpoint put into payload["runs"], and the
     record of the run it interrupted (None if it holds none). Without: checks that the folder
-    holds no checkpoint to overwrite. Raises ResumeRefused."""
+    holds no checkpoint to overwrite. `epochs`: a run's length, to tell a run saved after its last
+    epoch (finished, though not yet marked so) from one cut short. Raises ResumeRefused."""
     import json
 
     from jax_resnet_speed import checkpoint, report
@@ -433,8 +435,14 @@ def resume_point(args: argparse.Namespace, payload: dict) -> dict | None:
                             "--checkpoint-dir", EXIT_USAGE)
     payload["runs"] = [record for record in progress["runs"] if record["status"] != "running"]
     partial = next((record for record in progress["runs"] if record["status"] == "running"), None)
-    print(f"resuming from {args.checkpoint_dir}: {len(payload['runs'])} finished run(s) kept"
-          + (f", run with seed {partial['seed']} goes on after epoch {len(partial['epochs'])}" if partial else ""))
+    trained = partial is not None and len(partial["epochs"]) >= epochs  # it only awaits its final summary
+    if not partial:
+        going_on = ""
+    elif trained:
+        going_on = f", and the run with seed {partial['seed']}, which had trained all {epochs} epochs"
+    else:
+        going_on = f", run with seed {partial['seed']} goes on after epoch {len(partial['epochs'])}"
+    print(f"resuming from {args.checkpoint_dir}: {len(payload['runs']) + trained} finished run(s) kept{going_on}")
     return partial
 
 

@@ -361,6 +361,33 @@ def test_an_interrupted_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted
         assert saved.latest() == 8
 
 
+def test_a_run_stopped_after_its_last_epoch_counts_as_finished_on_resume(tiny_npz, tmp_path, monkeypatch, capsys):
+    """Killed at the very start of run 2: the checkpoint holds run 1 after its last epoch, not yet marked completed."""
+    from jax_resnet_speed import cli
+
+    flags = ["--data", tiny_npz, "--cache-dir", str(tmp_path), *RESUMABLE]
+    real_train_epoch, calls = train.train_epoch, []
+
+    def ctrl_c_as_run_2_starts(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4 + 1:  # run 1's four epochs, then run 2's first
+            raise KeyboardInterrupt
+        return real_train_epoch(*args, **kwargs)
+
+    checkpoints = tmp_path / "checkpoints"
+    monkeypatch.setattr(train, "train_epoch", ctrl_c_as_run_2_starts)
+    assert cli.main([*flags, "--checkpoint-dir", str(checkpoints)]) == cli.EXIT_INTERRUPTED
+    monkeypatch.setattr(train, "train_epoch", real_train_epoch)
+    capsys.readouterr()
+    assert cli.main([*flags, "--checkpoint-dir", str(checkpoints), "--resume", "--json",
+                     str(tmp_path / "resumed.json")]) == 0
+    out = capsys.readouterr().out
+    assert "1 finished run(s) kept, and the run with seed 0, which had trained all 4 epochs" in out
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    assert [(r["seed"], r["status"], len(r["epochs"])) for r in resumed["runs"]] == [(0, "completed", 4),
+                                                                                   (1, "completed", 4)]
+
+
 def test_resume_with_another_config_is_refused_with_exit_2_naming_the_fields(tiny_npz, tmp_path, capsys):
     from jax_resnet_speed import cli
 
