@@ -77,6 +77,12 @@ def leave(message: str) -> int:
     return EXIT_INTERRUPTED
 
 
+def exit_on_sigint_while_starting() -> None:
+    """Until `handling()` takes over: Ctrl-C exits at once with one line (imports are not a place to stop
+    in with a traceback)."""
+    signal.signal(signal.SIGINT, lambda signum, frame: _exit(_NOTHING_SAVED))
+
+
 def _on_sigint(signum: int, frame: object) -> None:
     if _state["requested"]:
         _exit("interrupted again: stopping without saving")
