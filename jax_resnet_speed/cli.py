@@ -279,6 +279,8 @@ def run_seeds(args: argparse.Namespace, payload: dict, target: float, run_one: R
 
         def on_epoch(metrics: dict, run: int = seed - args.seed + 1, seed: int = seed) -> None:
             print(report.table_row(metrics), flush=True)
+            if left := report.time_left_line(metrics, payload["config"]["recipe"]["optimiser"]["epochs"]):
+                print(left, flush=True)
             if log is not None:
                 log.write(run, seed, metrics)
 

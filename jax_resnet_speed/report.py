@@ -219,6 +219,18 @@ def summarize(runs: Sequence[dict], target: float | None = None) -> dict:
     }
 
 
+def time_left_line(metrics: dict, epochs: float) -> str | None:
+    """After the first epoch of a run whose remaining epochs look longer than a minute, how long they
+    should take (epoch 1's training and evaluation seconds times the epochs left); else None."""
+    if metrics["epoch"] != 1:
+        return None
+    left = (metrics["epoch_seconds"] + metrics["eval_seconds"]) * (epochs - 1)
+    if left <= 60:
+        return None
+    minutes, seconds = divmod(round(left), 60)
+    return f"about {minutes} min {seconds:02d} s left in this run, at epoch 1's pace"
+
+
 def interval_text(interval: Sequence[float], digits: int) -> str:
     """[low, high]: brackets and a comma, since a hyphen between two numbers reads as a minus."""
     return f"[{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"

@@ -177,3 +177,10 @@ def test_seconds_to_other_targets_come_from_the_epoch_records_under_the_recipes_
     with pytest.raises(SystemExit) as exit_info:
         report.main([str(path), "--targets", "0.93,93.5"])
     assert exit_info.value.code == 2 and "accuracy fractions" in capsys.readouterr().err
+
+
+def test_time_left_after_the_first_epoch_only_when_over_a_minute():
+    first = {"epoch": 1, "epoch_seconds": 25.0, "eval_seconds": 5.0}
+    assert report.time_left_line(first, 10) == "about 4 min 30 s left in this run, at epoch 1's pace"  # 9 x 30 s
+    assert report.time_left_line(first, 2.5) is None  # 1.5 x 30 s = 45 s: not worth a line
+    assert report.time_left_line({**first, "epoch": 2}, 10) is None
