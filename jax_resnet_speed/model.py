@@ -194,7 +194,7 @@ class Network(nn.Module):
             filters = self.variable("constants", "whitening", jnp.zeros, whitening_shape(s), jnp.float32)
             x = jax.lax.conv_general_dilated(
                 x, filters.value.astype(dtype), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-            bias = self.param("whitening_bias", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+            bias = self.param("whitening_bias", whitening_bias_init(s), (x.shape[-1],), jnp.float32)
             x = activation(s, x + bias.astype(dtype)).astype(dtype)
         elif s.stem_bn:
             x = ConvBlock(stem_width, s, dtype, name="prep")(x, train)
@@ -244,6 +244,13 @@ def unit_std(init: Callable) -> Callable:
         return value / jnp.std(value)
 
     return scaled
+
+
+def whitening_bias_init(spec: NetworkSpec) -> Callable:
+    """The whitening stem's bias init: zeros, or PyTorch's conv default over its 3 k k inputs."""
+    if spec.whitening_bias_init == "torch":
+        return uniform_init(1 / np.sqrt(3 * spec.whitening_kernel ** 2))
+    return nn.initializers.zeros
 
 
 def whitening_shape(spec: NetworkSpec) -> tuple[int, int, int, int]:

@@ -38,6 +38,10 @@ class Network:
     whitening_eps: float = 1e-2
     whitening_images: int = 10_000
     whitening_kernel: int = 3
+    # The "whitening-bias" stem's bias at init: "zeros" (airbench's own Conv class zeroes it), or
+    # "torch": PyTorch's default draw U(-1/sqrt(3 k k), 1/sqrt(3 k k)) (airbench94_muon's plain
+    # nn.Conv2d, whose reset re-draws the bias while the whitening init writes only the weight).
+    whitening_bias_init: str = "zeros"
     # Stages: widths[0] is the stem's, then one width per stage.
     widths: tuple[int, ...] = (64, 128, 256, 512)
     # "post-act": conv -> BN -> act units (Myrtle); "pre-act": BN -> act -> conv basic blocks
@@ -248,7 +252,8 @@ def chain(start: Recipe, steps: tuple[Step, ...]) -> list[Recipe]:
     for step in steps:
         recipes.append(recipes[-1].replace(
             name=step.name, description=step.description, change=step.change,
-            timing=Timing(recipes[-1].timing.target, step.published_seconds, step.published_accuracy),
+            timing=dataclasses.replace(recipes[-1].timing, published_seconds=step.published_seconds,
+                                       published_accuracy=step.published_accuracy),
             **step.changes))
     return recipes
 
@@ -454,7 +459,8 @@ AIRBENCH94_MUON = Recipe(
     name="airbench94-muon",
     description="airbench94_muon (Keller Jordan): the airbench94 net, Muon on the conv filters, 8 epochs of "
                 "batch 2000, no lookahead (2.59 s on an A100)",
-    network=dataclasses.replace(AIRBENCH_NETWORK, head_init="unit-std", logit_scale=1 / 256),
+    network=dataclasses.replace(AIRBENCH_NETWORK, head_init="unit-std", logit_scale=1 / 256,
+                                whitening_bias_init="torch"),
     optimiser=Optimiser(
         epochs=AIRBENCH_MUON_EPOCHS,
         lr_knots=((0, AIRBENCH_MUON_HEAD_LR * AIRBENCH_MUON_BATCH), (AIRBENCH_MUON_EPOCHS, 0.0)),
@@ -471,10 +477,25 @@ AIRBENCH94_MUON = Recipe(
     timing=Timing(published_seconds=2.59, published_device="A100", rule="airbench"),
 )
 
-SERIES_STEPS: dict[str, Step] = {s.name: s for s in (*POST1_TO_3, *POST4_ARCH, *POST8)}
+# airbench95 (legacy/airbench95.py) is airbench94 widened, with lr 10 per 1024 (the same
+# conversion as airbench94's, weight decay 0.0153 per 1024 again) and 15 epochs, timed to 95%.
+AIRBENCH95_PEAK_LR = 10.0 * 1024 / (1024 * (1 + 1 / (1 - AIRBENCH94_MOMENTUM)))
+AIRBENCH95_EPOCHS = 15
+AIRBENCH_STEPS = (
+    Step("airbench95", "widths 128/384/384, lr 10, 15 epochs, target 95%",
+         "airbench95 (Keller Jordan, legacy/airbench95.py): airbench94 widened to 128/384/384, lr 10 per 1024, "
+         "15 epochs, to 95% (10.4 s on an A100)",
+         {"network.widths": (24, 128, 384, 384), "optimiser.epochs": AIRBENCH95_EPOCHS,
+          "optimiser.lr_knots": ((0, 0.2 * AIRBENCH95_PEAK_LR), (0.23 * AIRBENCH95_EPOCHS, AIRBENCH95_PEAK_LR),
+                                 (AIRBENCH95_EPOCHS, 0.07 * AIRBENCH95_PEAK_LR)),
+          "optimiser.weight_decay": 0.0153 / 10.0, "timing.target": 0.95}, 10.4),
+)
+
+SERIES_STEPS: dict[str, Step] = {s.name: s for s in (*POST1_TO_3, *POST4_ARCH, *POST8, *AIRBENCH_STEPS)}
 _post1_to_3 = chain(POST1_BASELINE, POST1_TO_3)
 _post4 = chain(POST4_ARCH_1, POST4_ARCH)
 _post8 = chain(POST8_BASELINE, POST8)
+_airbench = chain(AIRBENCH94, AIRBENCH_STEPS)
 
 # Presets grouped by post, in the order of the series.
 GROUPS: dict[str, tuple[Recipe, ...]] = {
@@ -483,13 +504,13 @@ GROUPS: dict[str, tuple[Recipe, ...]] = {
     "post 3: regularisation": tuple(_post1_to_3[2:]),
     "post 4: architecture": (*_post4[:-1], MYRTLE_RESNET9),
     "post 8: bag of tricks": (*_post8, MYRTLE_FINAL),
-    "airbench: past Myrtle": (AIRBENCH94, AIRBENCH94_MUON),
+    "airbench: past Myrtle": (AIRBENCH94, AIRBENCH94_MUON, *_airbench[1:]),
 }
 PRESETS: dict[str, Recipe] = {r.name: r for group in GROUPS.values() for r in group}
 DEFAULT_PRESET = MYRTLE_FINAL.name
 # Each chained preset's predecessor, for the declared-change check and the series' ratios.
 PREDECESSORS: dict[str, str] = {later.name: earlier.name
-                                for steps in (_post1_to_3, _post4, _post8)
+                                for steps in (_post1_to_3, _post4, _post8, _airbench)
                                 for earlier, later in zip(steps, steps[1:])}
 
 

@@ -189,6 +189,9 @@ class Network(nn.Module):
             # airbench: frozen (24, 3, 2, 2) filters and their negations, unpadded, and a learnable bias.
             self.register_buffer("whitening", torch.as_tensor(whitening, dtype=torch.float32))
             self.whitening_bias = nn.Parameter(torch.zeros(stem_width))
+            if spec.whitening_bias_init == "torch":  # nn.Conv2d's default bias draw over 3 k k inputs
+                bound = 1 / math.sqrt(3 * spec.whitening_kernel ** 2)
+                nn.init.uniform_(self.whitening_bias, -bound, bound)
             self.prep = activation(spec)
         else:
             self.register_buffer("whitening", None)
@@ -277,7 +280,7 @@ def airbench_whitening(images: torch.Tensor, spec: NetworkSpec) -> torch.Tensor:
     """model.whitening_filters for airbench's stem, on the images' device: normalised NCHW images ->
     (2 k k 3, 3, k, k) OIHW filters, the eigen-filters of the (not re-centred) k x k patch
     covariance and their negations. Each pair may come out swapped relative to JAX's (eigenvectors
-    have no sign); the bias after them starts at zero, so that does not matter."""
+    have no sign); the bias after them starts at zero or at i.i.d. draws, so that does not matter."""
     k = spec.whitening_kernel
     patches = F.unfold(images.float(), k).transpose(1, 2).reshape(-1, 3 * k * k)  # (c, kh, kw) order
     covariance = patches.T @ patches / (len(patches) - 1)

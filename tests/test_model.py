@@ -242,6 +242,19 @@ def test_dirac_init_passes_the_first_channels_through():
     np.testing.assert_array_equal(np.asarray(narrow).sum(axis=(0, 1)), np.eye(6, 4))
 
 
+@pytest.mark.parametrize("preset, drawn", [("airbench94", False), ("airbench94-muon", True)])
+def test_whitening_bias_starts_at_zero_or_at_pytorchs_default_draw(preset, drawn):
+    """airbench94_muon's whitening conv is a plain nn.Conv2d: its bias starts at U(+-1/sqrt(3 x 2 x 2))."""
+    net = model.for_recipe(presets.get_preset(preset), width_mult=0.0625)
+    bias = np.asarray(run_quickly(lambda key, x: net.init(key, x, train=False), jax.random.key(0),
+                                  jnp.zeros((2, 32, 32, 3)))["params"]["whitening_bias"])
+    assert bias.shape == (24,)
+    if drawn:
+        assert np.all(np.abs(bias) < 1 / np.sqrt(12)) and np.ptp(bias) > 0.25  # spread over the range, not zero
+    else:
+        assert np.all(bias == 0)
+
+
 def test_airbench_network_shape():
     net = model.for_recipe(presets.get_preset("airbench94"))
     x = jnp.zeros((2, 32, 32, 3))

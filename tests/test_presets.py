@@ -32,6 +32,26 @@ def test_each_step_differs_from_its_predecessor_in_exactly_the_declared_fields(n
     assert after.change == step.change and after.timing.published_seconds == step.published_seconds
 
 
+def test_airbench95_is_airbench94_widened_and_timed_to_95_percent():
+    assert presets.PREDECESSORS["airbench95"] == "airbench94"
+    assert "airbench95" in [r.name for r in presets.GROUPS["airbench: past Myrtle"]]
+    recipe = presets.get_preset("airbench95")
+    # legacy/airbench95.py: lr 10 per 1024 at momentum 0.85 is 10 / 7.667 in this project's units,
+    # its weight decay 0.0153 per 1024 is 0.0153 / 10; ceil(15 x 48) = 720 steps.
+    assert recipe.optimiser.lr_knots[1] == pytest.approx((3.45, 10 / (1 + 1 / 0.15)))
+    assert recipe.optimiser.lr_knots[1][1] * recipe.optimiser.weight_decay == pytest.approx(0.0153 / (1 + 1 / 0.15))
+    assert recipe.run_steps(48) == 720 and recipe.network.widths == (24, 128, 384, 384)
+    timing = recipe.timing
+    assert (timing.target, timing.published_seconds, timing.published_device, timing.rule) == (
+        0.95, 10.4, "A100", "airbench")
+    assert "legacy/airbench95.py" in recipe.description and "10.4 s" in recipe.description
+
+
+def test_only_airbench94_muon_draws_its_whitening_bias():
+    draws = {name for name, r in presets.PRESETS.items() if r.network.whitening_bias_init != "zeros"}
+    assert draws == {"airbench94-muon"}
+
+
 def test_the_chains_arrive_at_the_recipes_written_in_full():
     # Post 8 starts from post 4's recipe as submitted and ends at the final recipe.
     assert changed_fields(presets.MYRTLE_RESNET9, presets.get_preset("post8-01-baseline")) == {}

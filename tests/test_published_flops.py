@@ -71,11 +71,15 @@ def test_per_image_forward_flops_by_hand():
     assert AIRBENCH96 == 903_934_528
 
 
-@pytest.mark.parametrize("widths, convs", [((64, 256, 256), 2), ((128, 384, 384), 2), ((128, 384, 512), 3)])
-def test_the_project_model_counts_the_same_forward_flops(widths, convs):
-    """The project's own network, traced: its 6-view evaluation of 10 images is 60 forward passes."""
-    recipe = presets.get_preset("airbench94").replace(**{"network.widths": (24, *widths),
-                                                         "network.stage_convs": convs})
+@pytest.mark.parametrize("preset, changes, widths, convs", [
+    ("airbench94", {}, (64, 256, 256), 2),
+    ("airbench95", {}, (128, 384, 384), 2),
+    ("airbench94", {"network.widths": (24, 128, 384, 512), "network.stage_convs": 3}, (128, 384, 512), 3)])
+def test_the_project_model_counts_the_same_forward_flops(preset, changes, widths, convs):
+    """The project's own network, traced: its 6-view evaluation of 10 images is 60 forward passes.
+    A preset of a script with a published figure also agrees with it per run, its steps counted by
+    the recipe itself (48 batches of 1024 per epoch)."""
+    recipe = presets.get_preset(preset).replace(**changes)
     config = train.RunConfig(recipe, "fp32", 1.0)
     images = np.zeros((8, 32, 32, 3), np.uint8)
     labels = np.zeros(8, np.int32)
@@ -86,3 +90,8 @@ def test_the_project_model_counts_the_same_forward_flops(widths, convs):
     state = jax.eval_shape(programs.init, jax.random.key(0), data.train_padded, programs.hyper)
     counted = flops.model_flops(programs.evaluate, train.eval_variables(state), data.test_images, data.test_labels)
     assert counted == 60 * airbench_forward_flops(widths, convs)
+    script = preset.replace("-", "_")
+    if not changes and script in PUBLISHED:
+        published, _ = PUBLISHED[script]
+        ours = run_pflops(counted // 60, recipe.run_steps(TRAIN // recipe.batch_size), recipe.batch_size)
+        assert abs(ours / published - 1) < 0.03, (script, ours, published)

@@ -215,6 +215,19 @@ def test_every_preset_has_the_flax_networks_tensors(preset):
     assert ours(torch.randn(32, 3, 32, 32)).shape == (32, 10)  # a train-mode batch for 16 ghost splits
 
 
+@pytest.mark.parametrize("preset, drawn", [("airbench94", False), ("airbench94-muon", True)])
+def test_whitening_bias_starts_as_the_jax_one_does(preset, drawn):
+    """Zero, or (airbench94_muon) nn.Conv2d's default draw U(+-1/sqrt(3 x 2 x 2)), as model.py's."""
+    spec = presets.get_preset(preset).network
+    whitening = np.zeros(model.whitening_shape(spec), np.float32).transpose(3, 2, 0, 1)
+    bias = tr.Network(spec, model.scaled_widths(spec, 0.125), torch.float32, whitening).whitening_bias.detach().numpy()
+    assert bias.shape == (24,)
+    if drawn:
+        assert np.all(np.abs(bias) < 1 / np.sqrt(12)) and np.ptp(bias) > 0.25
+    else:
+        assert np.all(bias == 0)
+
+
 def test_numpy_whitening_matches_jax_up_to_the_sign_of_each_filter():
     # MEAN and STD are not these images' own: their patches' mean is far from 0 (0.65 in the first
     # element), so a re-centred covariance in either framework would fail this.
