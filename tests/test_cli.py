@@ -313,3 +313,26 @@ def test_distributed_without_a_cluster_is_one_line_and_exit_2(monkeypatch):
                             capture_output=True, text=True, timeout=300, env=environment)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: --distributed could not join a cluster") and "Traceback" not in result.stderr
+
+
+def test_help_names_each_default_once():
+    from jax_resnet_speed import compare, series, torch_reference
+
+    for parser in (cli.build_parser(), series.build_parser(), compare.build_parser(), torch_reference.build_parser()):
+        text = " ".join(parser.format_help().split())
+        assert "(default: None)" not in text and "(default: False)" not in text, parser.prog
+        assert "(default: the preset's) (default:" not in text, parser.prog
+    assert "(default: 1)" in " ".join(cli.build_parser().format_help().split())  # --runs: a real default stays
+
+
+def test_free_host_memory_is_memavailable_not_memfree():
+    import os
+
+    from jax_resnet_speed import group
+
+    available = group._host_available_bytes()
+    if os.path.exists("/proc/meminfo"):
+        with open("/proc/meminfo") as meminfo:
+            fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in meminfo}
+        assert available == fields["MemAvailable"] >= fields["MemFree"]
+    assert available > 0

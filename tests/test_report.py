@@ -184,3 +184,16 @@ def test_time_left_after_the_first_epoch_only_when_over_a_minute():
     assert report.time_left_line(first, 10) == "about 4 min 30 s left in this run, at epoch 1's pace"  # 9 x 30 s
     assert report.time_left_line(first, 2.5) is None  # 1.5 x 30 s = 45 s: not worth a line
     assert report.time_left_line({**first, "epoch": 2}, 10) is None
+
+
+def test_report_refuses_files_that_are_not_results_and_output_paths_that_cannot_be_written(tmp_path, capsys):
+    good = result_file(tmp_path / "a.json", [0], accuracies=[0.94])
+    for content in ("{}", "[1, 2]", '{"config": 1, "runs": []}'):
+        (tmp_path / "odd.json").write_text(content)
+        assert report.main([good, str(tmp_path / "odd.json")]) == 1, content
+        error = capsys.readouterr().err.strip()
+        assert error == f"error: {tmp_path / 'odd.json'} is not a result JSON (no config and runs); give files " \
+                        "written by --json of the trainer", content
+    with pytest.raises(SystemExit) as stopped:
+        report.main([good, "--json", str(tmp_path)])  # a folder: refused before reading anything
+    assert stopped.value.code == 2 and f"--json {tmp_path} names a folder" in capsys.readouterr().err

@@ -244,3 +244,12 @@ def test_a_diverged_run_exits_3_and_the_series_goes_on(argv, tmp_path, monkeypat
     monkeypatch.setattr(train, "run", lambda *args: pytest.fail("nothing should run"))
     assert series.main(argv(out)) == cli.EXIT_DIVERGED
     assert read(out)["presets"] == payload["presets"]
+
+
+def test_out_naming_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(series, "run_series", lambda *a: pytest.fail("got past the flag checks"))
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    with pytest.raises(SystemExit) as stopped:
+        series.main(["--presets", FIRST, "--out", str(afile)])
+    assert stopped.value.code == 2 and f"--out {afile} is a file; give a folder path" in capsys.readouterr().err
