@@ -180,13 +180,11 @@ def load_run_data(args: argparse.Namespace, config) -> tuple:
 def config_section(args: argparse.Namespace, config, dataset) -> dict:
     """The `config` section of the JSON for a run of `config` on an already loaded dataset.
 
-    Raises data.DataError when the dataset is smaller than one batch.
+    Raises TooFewImages when the dataset is smaller than one batch.
     """
-    from jax_resnet_speed import data
-
     if len(dataset.train_images) < config.recipe.batch_size:
         raise TooFewImages(f"{len(dataset.train_images)} training images are fewer than one batch of "
-                             f"{config.recipe.batch_size}; lower --batch-size or raise --train-subset")
+                           f"{config.recipe.batch_size}; lower --batch-size or raise --train-subset")
     return {**config.to_dict(), "seed": args.seed, "runs": args.runs, "data": args.data,
             "data_kind": dataset.source_kind, "data_checksum": dataset.checksum,
             "train_images": len(dataset.train_images), "test_images": len(dataset.test_images)}
