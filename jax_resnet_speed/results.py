@@ -64,7 +64,7 @@ def train_row(name: str, payload: dict, targets: Sequence[float] = ()) -> list[s
     if summary["completed_runs"]:
         accuracy = f"{summary['mean_accuracy']:.4f} +- {summary['std_accuracy']:.4f}"
         if summary.get("ci95_accuracy"):
-            accuracy += " ({:.4f}-{:.4f})".format(*summary["ci95_accuracy"])
+            accuracy += f" {report.interval_text(summary['ci95_accuracy'], 4)}"
     reached = f"{summary['runs_reaching_target']}/{summary.get('finished_runs', summary['runs'])} at {target:.2%}"
     cache = (payload.get("compilation") or {}).get("cache") or "-"
     n = str(summary["completed_runs"])

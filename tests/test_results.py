@@ -39,7 +39,7 @@ def test_a_bench_and_a_training_result_become_their_tables(tmp_path, capsys):
                         "2.50 (0.10) | 204800 | 405.1 | 40.9% | 50.0% | 1234 | 21.2 (cold), 1.5 (warm) |")
     assert "### Training runs" in lines
     assert ("| final.json | NVIDIA H100 80GB HBM3 | myrtle-final | bf16 | step | 2 | 0.9400 +- 0.0017 "
-            "(0.9248-0.9552) | 1/2 at 94.00% | 3.10 | 3.50 | 25.0 (warm) |") in lines
+            "[0.9248, 0.9552] | 1/2 at 94.00% | 3.10 | 3.50 | 25.0 (warm) |") in lines
 
 
 def test_a_compare_summary_becomes_its_table(tmp_path, capsys):
