@@ -357,7 +357,7 @@ def train_from_args(args: argparse.Namespace) -> int:
     except data.DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_DATA_ERROR
-    except TooFewImages as error:
+    except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     env = payload["environment"]

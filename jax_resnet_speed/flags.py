@@ -173,8 +173,9 @@ def validate_positive(args: argparse.Namespace, parser: argparse.ArgumentParser)
 
 def validate_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Exit 2 on an output path that cannot be written, before any data is loaded or anything compiles."""
-    files = {"json": getattr(args, "json", None), "plot": plot_path(args) if getattr(args, "json", None) or
-             getattr(args, "plot", None) != PLOT_BESIDE_JSON else None}
+    json_path, plot = getattr(args, "json", None), getattr(args, "plot", None)
+    beside_nothing = plot == PLOT_BESIDE_JSON and not json_path  # refused by the runner's own check
+    files = {"json": json_path, "plot": None if beside_nothing else plot_path(args)}
     folders = {name: getattr(args, name, None) for name in
                ("tensorboard", "checkpoint_dir", "xla_dump", "profile", "out", "compile_cache")}
     if getattr(args, "no_compile_cache", False):

@@ -155,7 +155,7 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
             return losses.sum() * scale, (losses, logits, updates.get("batch_stats", {}))
 
         grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-        grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
+        grads = jax.tree.map(lambda g: g / scale, grads)
         optimizer = make_optimizer(state.hyper)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         new = state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
@@ -163,7 +163,7 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
         if state.loss_scale is not None:
             # fp16: an overflowing step is skipped and the loss scale halved.
             finite = optim.all_finite(grads)
-            new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
+            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
             new = new.replace(loss_scale=state.loss_scale.adjust(finite))
         if opt.ema_momentum:
             live = {"params": new.params, "batch_stats": new.batch_stats}
