@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from jax_resnet_speed import compilation, flags, install_hint, interrupt, presets, settings
-from jax_resnet_speed.flags import EXIT_DATA_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USAGE  # noqa: F401 (re-exported)
+# EXIT_INTERRUPTED is re-exported: callers and tests read every exit code from here or from flags.
+from jax_resnet_speed.flags import EXIT_DATA_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USAGE  # noqa: F401
 
 if TYPE_CHECKING:
     from jax_resnet_speed.tensorboard_log import EpochLog
@@ -519,9 +520,9 @@ def prepare_group(config, dataset, size: int, seed: int, payload: dict) -> RunGr
     programs = train.build_programs(config, device_data)
     per_run, available, fits = group.room(programs, device_data)
     if size > fits:
-        raise GroupTooLarge(f"{size} runs at once (--parallel) need about {size * per_run / 2**30:.1f} GiB on top of the "
-                            f"dataset and {available / 2**30:.1f} GiB are free; the largest group that fits is "
-                            f"--parallel {fits}")
+        raise GroupTooLarge(f"{size} runs at once (--parallel) need about {size * per_run / 2**30:.1f} GiB on top "
+                            f"of the dataset and {available / 2**30:.1f} GiB are free; the largest group that fits "
+                            f"is --parallel {fits}")
     seeds = list(range(seed, seed + size))
     with (progress.task(f"compiling and warming up the vmapped programs of a group of {size} runs"),
           compilation.CacheCounter() as cache):

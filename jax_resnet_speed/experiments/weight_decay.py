@@ -106,8 +106,7 @@ def scale_invariance(net, state: train.TrainState, images: jax.Array, labels: ja
 
 def scale_layer(params: Any, name: str, factor: float) -> Any:
     """params with the kernel of layer `name` (conv_kernels' names, or `classifier`) times `factor`."""
-    return jax.tree.map_with_path(lambda path, leaf: leaf * factor if layer_name(path) == name else leaf,
-                                            params)
+    return jax.tree.map_with_path(lambda path, leaf: leaf * factor if layer_name(path) == name else leaf, params)
 
 
 class MeasuringEngine(train.Engine):
