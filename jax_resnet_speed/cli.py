@@ -10,7 +10,6 @@ import dataclasses
 import importlib.util
 import os
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -151,14 +150,8 @@ def load_data(args: argparse.Namespace):
     """The dataset, cut to the requested subsets."""
     from jax_resnet_speed import data
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", data.DataWarning)
+    with data.warnings_printed():
         dataset = data.load_cifar10(args.data, args.cache_dir)
-    for warning in caught:  # one plain line each, as `data info` prints them, not Python's format
-        if issubclass(warning.category, data.DataWarning):
-            print(f"warning: {warning.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     for flag, asked, available in (("--train-subset", args.train_subset, len(dataset.train_images)),
                                    ("--test-subset", args.test_subset, len(dataset.test_images))):
         if asked and asked > available:

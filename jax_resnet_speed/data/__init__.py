@@ -11,9 +11,13 @@ This package must not import jax: the PyTorch reference uses it too.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
+import sys
+import warnings
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -37,6 +41,20 @@ def in_memory(train_images: np.ndarray, train_labels: np.ndarray, test_images: n
     synthetic images of benchmarks and tests."""
     return Dataset(train_images, train_labels, test_images, test_labels, CIFAR10_CLASSES, mean, std,
                    source_kind="in-memory", checksum="")
+
+
+@contextlib.contextmanager
+def warnings_printed() -> Iterator[None]:
+    """The DataWarnings raised inside, printed as one `warning: ...` line each on stderr once the block ends
+    without an error (Python's own format adds a source line); other warnings pass through as usual."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, DataWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> Dataset:

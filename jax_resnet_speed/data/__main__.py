@@ -6,20 +6,18 @@ import argparse
 import pathlib
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
-from jax_resnet_speed.data import ENV_VAR, DataError, Dataset, DataWarning, _load
+from jax_resnet_speed.data import ENV_VAR, DataError, Dataset, _load, warnings_printed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     start = time.perf_counter()
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", DataWarning)
+        with warnings_printed():
             dataset, cache_file, hit = _load(args.source, args.cache_dir)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -28,8 +26,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: nothing was cached (the cache is written only when complete)", file=sys.stderr)
         return 130
     seconds = time.perf_counter() - start
-    for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
     if args.command == "info":
         _print_info(args.source, dataset, _cache_state(cache_file, hit), seconds)
     elif cache_file is None:
