@@ -71,11 +71,11 @@ def available_bytes(device: jax.Device | None = None) -> int:
     return _host_available_bytes()
 
 
-def _host_available_bytes() -> int:
+def _host_available_bytes(meminfo_path: str = "/proc/meminfo") -> int:
     """The kernel's MemAvailable (free memory plus the page cache it can drop), not MemFree, which
     leaves out the cache and so reads far lower on a machine that has been reading files."""
     try:
-        with open("/proc/meminfo") as meminfo:
+        with open(meminfo_path) as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024

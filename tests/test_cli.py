@@ -326,14 +326,15 @@ def test_help_names_each_default_once():
     assert "(default: 1)" in " ".join(cli.build_parser().format_help().split())  # --runs: a real default stays
 
 
-def test_free_host_memory_is_memavailable_not_memfree():
+def test_free_host_memory_is_memavailable_not_memfree(tmp_path):
     import os
 
     from jax_resnet_speed import group
 
-    available = group._host_available_bytes()
-    if os.path.exists("/proc/meminfo"):
-        with open("/proc/meminfo") as meminfo:
-            fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in meminfo}
-        assert available == fields["MemAvailable"] >= fields["MemFree"]
-    assert available > 0
+    # A written meminfo, not the live one: MemAvailable moves between two reads of /proc/meminfo.
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   15000000 kB\n")
+    assert group._host_available_bytes(str(meminfo)) == 15000000 * 1024
+    page_bytes = os.sysconf("SC_PAGE_SIZE")  # no meminfo (not Linux): the free pages
+    assert group._host_available_bytes(str(tmp_path / "missing")) % page_bytes == 0
+    assert group._host_available_bytes() > 0
