@@ -137,6 +137,10 @@ class WhiteningBias:
     wd_mult: float = 1.0
 
 
+# How a "whitening-bias" stem's bias trains without `optimiser.whitening_bias`: for no epoch (it keeps its init).
+UNTRAINED_WHITENING_BIAS = WhiteningBias(epochs=0.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Lookahead:
     """airbench94's lookahead: every `every` steps the slow copy of the weights and BN statistics

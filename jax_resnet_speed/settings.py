@@ -44,4 +44,4 @@ def epoch_steps(recipe: Recipe, steps_per_epoch: int) -> list[int]:
 def scaled_widths(spec: Network, width_mult: float) -> tuple[int, ...]:
     """Every width x width_mult; airbench's whitening stem keeps its width, set by its patch size."""
     widths = tuple(max(1, round(w * width_mult)) for w in spec.widths)
-    return (spec.widths[0], *widths[1:]) if spec.stem == "whitening-bias" else widths
+    return (spec.widths[0], *widths[1:]) if spec.stem.kind == "whitening-bias" else widths

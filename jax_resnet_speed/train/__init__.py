@@ -110,7 +110,7 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
     steps_per_epoch = data.num_train // aug.batch_size
     run_steps = recipe.run_steps(steps_per_epoch)
     schedule = optim.lr_schedule(recipe, steps_per_epoch)
-    ema_momentum = recipe.ema_momentum_per_step(run_steps) if opt.ema_momentum else None
+    ema_momentum = opt.ema.momentum_per_step(run_steps) if opt.ema else None
     pad = aug.crop_padding
 
     def make_optimizer(hyper):
@@ -122,15 +122,15 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
         variables = net.init(init_key, train_images[:1], train=False)
         params, batch_stats = variables["params"], variables.get("batch_stats", {})  # {}: a net without BN
         constants = {}
-        if spec.stem in ("whitening", "whitening-bias"):
-            constants = {"whitening": model_lib.whitening_filters(spec, train_images[:spec.whitening_images])}
+        if spec.stem.kind in ("whitening", "whitening-bias"):
+            constants = {"whitening": model_lib.whitening_filters(spec, train_images[:spec.stem.whitening_images])}
         weights = {"params": params, "batch_stats": batch_stats}
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, constants=constants,
             opt_state=make_optimizer(hyper).init(params), hyper=hyper,
-            ema=weights if opt.ema_momentum else None,
+            ema=weights if opt.ema else None,
             loss_scale=optim.LossScale.create() if config.precision == "fp16" else None,
-            totals=jnp.zeros(3, jnp.float32), rng=rng, slow=weights if opt.lookahead_every else None)
+            totals=jnp.zeros(3, jnp.float32), rng=rng, slow=weights if opt.lookahead else None)
 
     def epoch_batches(rng, epoch):
         return augment.epoch_batches(jax.random.fold_in(rng, epoch), data.num_train, aug.batch_size)
@@ -165,12 +165,12 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
             finite = optim.all_finite(grads)
             new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
             new = new.replace(loss_scale=state.loss_scale.adjust(finite))
-        if opt.ema_momentum:
+        if opt.ema:
             live = {"params": new.params, "batch_stats": new.batch_stats}
-            new = new.replace(ema=optim.ema_update(state.ema, live, state.step, ema_momentum, opt.ema_every))
-        if opt.lookahead_every:
+            new = new.replace(ema=optim.ema_update(state.ema, live, state.step, ema_momentum, opt.ema.every))
+        if opt.lookahead:
             slow, live = optim.lookahead_update(state.slow, {"params": new.params, "batch_stats": new.batch_stats},
-                                                state.step + 1, run_steps, opt.lookahead_decay, opt.lookahead_every)
+                                                state.step + 1, run_steps, opt.lookahead.decay, opt.lookahead.every)
             new = new.replace(slow=slow, params=live["params"], batch_stats=live["batch_stats"])
         correct = jnp.sum(jnp.argmax(logits, -1) == y)
         totals = state.totals + jnp.stack([losses.sum(), correct, y.size]).astype(jnp.float32)
