@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jax_resnet_speed import install_hint, paths
+from jax_resnet_speed import install_hint, paths, settings
 
 # (header, metrics key, format) for the per-epoch table, in Myrtle's column order.
 COLUMNS = (
@@ -363,6 +363,8 @@ class MergeError(Exception):
 
 def merge(payloads: Sequence[tuple[str, dict]]) -> dict:
     """One result from the result JSONs of many invocations of one config (name, payload pairs)."""
+    payloads = [(name, {**payload, "config": settings.upgrade_config_dict(payload["config"])})  # flat recipes too
+                for name, payload in payloads]
     (first_name, first), seen = payloads[0], {}
     runs = []
     for name, payload in payloads:

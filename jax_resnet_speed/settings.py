@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jax_resnet_speed.presets import Network, Recipe
+from jax_resnet_speed.presets import Network, Recipe, upgrade_recipe_dict
 
 PRECISIONS = ("bf16", "fp16", "fp32")  # compute precisions; parameters and BN statistics stay fp32
 IMAGE_SIZE = 32
@@ -33,6 +33,12 @@ class RunConfig:
     def to_dict(self) -> dict:
         return {"recipe": self.recipe.to_dict(), "precision": self.precision, "width_mult": self.width_mult,
                 "loop": self.loop, "devices": self.devices}
+
+
+def upgrade_config_dict(config: dict) -> dict:
+    """A run's config as a result JSON or checkpoint stored it, its recipe in today's shape (a flat one nested)."""
+    recipe = config.get("recipe")
+    return {**config, "recipe": upgrade_recipe_dict(recipe)} if isinstance(recipe, dict) else config
 
 
 def epoch_steps(recipe: Recipe, steps_per_epoch: int) -> list[int]:
