@@ -100,7 +100,8 @@ def make_optimizer(recipe: Recipe, schedule: optax.Schedule, batch_size: int,
     groups = {"weights": sgd(1.0, 1.0), "bn_bias": sgd(o.bn_bias_lr_mult, o.bn_bias_wd_mult)}
     if recipe.network.stem.kind == "whitening-bias":
         bias = o.whitening_bias or UNTRAINED_WHITENING_BIAS
-        groups["whitening_bias"] = sgd(bias.lr_mult, bias.wd_mult, whitening_bias_schedule(bias, schedule, steps_per_epoch))
+        groups["whitening_bias"] = sgd(bias.lr_mult, bias.wd_mult,
+                                       whitening_bias_schedule(bias, schedule, steps_per_epoch))
     if muon := o.muon:
         # Muon's lr follows the shape of the run's schedule, from muon.lr at its peak.
         peak = max(lr for _, lr in o.lr_knots)

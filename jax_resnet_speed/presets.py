@@ -192,6 +192,9 @@ class Optimiser:
     muon: Muon | None = None
 
 
+TRICKS = tuple(field.name for field in dataclasses.fields(Optimiser) if field.default is None)
+
+
 @dataclasses.dataclass(frozen=True)
 class Data:
     """Batching and augmentation, all on the device."""
@@ -252,7 +255,7 @@ class Recipe:
         return self.data.batch_size
 
     def replace(self, **changes: Any) -> "Recipe":
-        """A copy with fields replaced by dotted path, of any depth: `recipe.replace(**{"optimiser.ema.momentum": 0.99})`.
+        """A copy with fields replaced by dotted path, of any depth: `replace(**{"optimiser.ema.momentum": 0.99})`.
 
         Setting a field of a trick that is off (None) turns it on, its other fields at their
         defaults. A flat name of the recipes before the nesting (FLAT_NAMES) names its field today.
@@ -291,7 +294,8 @@ def _flattened(value: Any, path: str) -> dict[str, Any]:
 
 
 def _replaced(record: Any, names: list[str], value: Any) -> Any:
-    """`record` with the field at the path `names` set to `value`; a trick on the way that is off starts from its defaults."""
+    """`record` with the field at the path `names` set to `value`; a trick on the way that is off starts
+    from its defaults."""
     name, *rest = names
     if name not in {field.name for field in dataclasses.fields(record)}:
         raise TypeError(f"{type(record).__name__} has no field {name!r}")
@@ -370,8 +374,8 @@ def current_path(name: str, value: Any) -> tuple[str, Any]:
 def upgrade_recipe_dict(recipe: Mapping[str, Any]) -> dict[str, Any]:
     """A recipe's dict (`Recipe.to_dict`, or its JSON) in today's shape; one written flat is moved by FLAT_NAMES.
 
-    A flat trick whose switch is off, or missing (a file older than the trick), becomes None.
-    A dict already nested comes back equal.
+    A flat trick whose switch is off, or missing (a file older than the trick), becomes None, and
+    so does a trick missing from a nested dict. A dict written today comes back equal.
     """
     upgraded = {group: dict(section) if isinstance(section, Mapping) else section for group, section in recipe.items()}
     moved = {}
@@ -380,8 +384,6 @@ def upgrade_recipe_dict(recipe: Mapping[str, Any]) -> dict[str, Any]:
         section = upgraded.get(group)
         if isinstance(section, dict) and field in section and not isinstance(section[field], Mapping):
             moved[name] = section.pop(field)
-    if not moved:
-        return upgraded
     for name, value in moved.items():
         *parents, field = FLAT_NAMES[name].split(".")
         section = upgraded
@@ -390,8 +392,11 @@ def upgrade_recipe_dict(recipe: Mapping[str, Any]) -> dict[str, Any]:
         section[field] = value
     for switch, off in FLAT_OFF.items():
         group, trick = FLAT_NAMES[switch].split(".")[:2]
-        if moved.get(switch, off) == off and isinstance(upgraded.get(group), dict):
+        if moved and moved.get(switch, off) == off and isinstance(upgraded.get(group), dict):
             upgraded[group][trick] = None
+    if isinstance(optimiser := upgraded.get("optimiser"), dict):
+        for trick in TRICKS:
+            optimiser.setdefault(trick, None)  # a recipe written before the trick existed ran without it
     return upgraded
 
 
@@ -522,7 +527,8 @@ POST8 = (
          {}, 70),
     Step("post8-03-pool-before-bn", "move max-pool",
          "Myrtle post 8, step 3: conv -> pool -> BN -> act, 25 epochs (64 s)",
-         {"network.stages.pool_before_bn": True, "optimiser.epochs": 25, "optimiser.lr_knots": one_cycle(25, 5, 0.4)}, 64),
+         {"network.stages.pool_before_bn": True, "optimiser.epochs": 25,
+          "optimiser.lr_knots": one_cycle(25, 5, 0.4)}, 64),
     Step("post8-04-label-smoothing", "label smoothing 0.2",
          "Myrtle post 8, step 4: label smoothing 0.2, 23 epochs (59 s)",
          {"optimiser.label_smoothing": 0.2, "optimiser.epochs": 23, "optimiser.lr_knots": one_cycle(23, 4.6, 0.4)},
@@ -533,7 +539,8 @@ POST8 = (
           "optimiser.lr_knots": one_cycle(20, 4, 0.4)}, 52),
     Step("post8-06-ghost-bn", "ghost batch norm",
          "Myrtle post 8, step 6: BN statistics over 16 splits of 32 images, peak lr 0.6, 18 epochs (46 s)",
-         {"network.batch_norm.ghost_splits": 16, "optimiser.epochs": 18, "optimiser.lr_knots": one_cycle(18, 3.6, 0.6)}, 46),
+         {"network.batch_norm.ghost_splits": 16, "optimiser.epochs": 18,
+          "optimiser.lr_knots": one_cycle(18, 3.6, 0.6)}, 46),
     Step("post8-07-frozen-bn-scale", "frozen BN scales",
          "Myrtle post 8, step 7: BN scales fixed at 1, CELU alpha 0.3, logits x 1/16, BN biases lr x64 and "
          "wd /64, 17 epochs (43 s)",
@@ -548,7 +555,8 @@ POST8 = (
     Step("post8-09-ema", "EMA",
          "Myrtle post 8, step 9: EMA of the weights (0.99 every 5 steps), evaluated; lr held at 0.1 for the "
          "last 2 epochs; 13 epochs (33.5 s)",
-         {"optimiser.ema": Ema(momentum=0.99, run_steps=13 * FULL_EPOCH_STEPS, every=5), "optimiser.epochs": 13, "optimiser.lr_knots": one_cycle(13, 2.6, 1.0, (11, 0.1), (13, 0.1))}, 33.5),
+         {"optimiser.ema": Ema(momentum=0.99, run_steps=13 * FULL_EPOCH_STEPS, every=5), "optimiser.epochs": 13,
+          "optimiser.lr_knots": one_cycle(13, 2.6, 1.0, (11, 0.1), (13, 0.1))}, 33.5),
     Step("post8-10-tta", "test-time augmentation",
          "Myrtle post 8, step 10: flip TTA, cutout removed, 10 epochs: the final recipe (26 s)",
          {"evaluation.tta": True, "data.cutout": 0, "optimiser.epochs": 10,

@@ -175,7 +175,8 @@ def recipe_differences(stored: dict, current: dict) -> list[str]:
     """
     old = trained_fields(presets.upgrade_recipe_dict(stored))
     new = trained_fields(json.loads(json.dumps(current)))
-    switched = {trick for key in old.keys() ^ new.keys() if (trick := key.rpartition(".")[0]) in old.keys() | new.keys()}
+    switched = {trick for key in old.keys() ^ new.keys()
+                if (trick := key.rpartition(".")[0]) in old.keys() | new.keys()}
     return [key for key in new if key in old and old[key] != new[key]] + sorted(switched)
 
 

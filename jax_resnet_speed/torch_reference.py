@@ -200,7 +200,8 @@ class Network(nn.Module):
         self.body: list[str] = []  # the names of the modules after the stem, in order
         channels = stem_width
         stages = spec.stages
-        for i, (width, downsamples, blocks) in enumerate(zip(stage_widths, stages.downsamples, stages.residual_blocks), 1):
+        layout = zip(stage_widths, stages.downsamples, stages.residual_blocks)
+        for i, (width, downsamples, blocks) in enumerate(layout, 1):
             if stages.block == "pre-act":
                 for j in range(blocks):
                     stride = 2 if downsamples and j == 0 else 1

@@ -136,7 +136,8 @@ def test_avg_max_head_concatenates_both_pools():
     features = np.concatenate([last.mean(axis=(1, 2)), last.max(axis=(1, 2))], -1)
     head = variables["params"]["classifier"]
     expected = features @ np.asarray(head["kernel"]) + np.asarray(head["bias"])
-    np.testing.assert_allclose(net.apply(variables, x, train=False), expected * spec.head.logit_scale, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.apply(variables, x, train=False), expected * spec.head.logit_scale,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_bn_in_the_compute_precision_when_asked():

@@ -14,7 +14,8 @@ def changed_fields(before: presets.Recipe, after: presets.Recipe) -> dict:
     whole sub-recipe (or None)."""
     old, new = before.training_fields(), after.training_fields()
     switched = {path for path in old.keys() ^ new.keys() if (old | new)[path] is None}
-    kept = lambda fields: {p for p in fields if p not in switched and not p.startswith(tuple(f"{t}." for t in switched))}  # noqa: E731
+    inside = tuple(f"{trick}." for trick in switched)
+    kept = lambda fields: {p for p in fields if p not in switched and not p.startswith(inside)}  # noqa: E731
     assert kept(old) == kept(new)
     changed = {name: new[name] for name in kept(new) if new[name] != old[name]}
     return changed | {path: functools.reduce(getattr, path.split("."), after) for path in switched}
@@ -157,3 +158,6 @@ def test_a_flat_recipe_older_than_a_trick_has_it_off():
     for switch in ("muon_lr", "muon_momentum", "lookahead_every", "lookahead_decay"):
         del flat["optimiser"][switch]
     assert presets.upgrade_recipe_dict(flat) == json.loads(json.dumps(presets.MYRTLE_FINAL.to_dict()))
+    today = json.loads(json.dumps(presets.MYRTLE_FINAL.to_dict()))
+    del today["optimiser"]["muon"]  # a nested recipe written before Muon was added
+    assert presets.upgrade_recipe_dict(today)["optimiser"]["muon"] is None
