@@ -379,7 +379,7 @@ def upgrade_recipe_dict(recipe: Mapping[str, Any]) -> dict[str, Any]:
     """
     upgraded = {group: dict(section) if isinstance(section, Mapping) else section for group, section in recipe.items()}
     moved = {}
-    for name, path in FLAT_NAMES.items():
+    for name in FLAT_NAMES:
         group, field = name.split(".")
         section = upgraded.get(group)
         if isinstance(section, dict) and field in section and not isinstance(section[field], Mapping):
@@ -420,7 +420,7 @@ class Step:
     name: str
     change: str  # the series table's "change" column
     description: str
-    changes: Mapping[str, Any]  # dotted field name -> new value
+    changes: Mapping[str, Any]  # dotted path (Recipe.replace) -> new value
     published_seconds: float
     published_accuracy: float | None = None
 
