@@ -15,7 +15,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jax_resnet_speed import loop, optim, train
 
@@ -102,17 +101,10 @@ class Engine(train.Engine):
     def __init__(self, programs: train.Programs, data: train.DeviceData, seeds: Sequence[int],
                  hypers: Sequence[optim.Hyper]):
         super().__init__(programs, data, seeds[0])
-        self.seeds, self.hypers, self.lr_scales = seeds, hypers, None
+        self.seeds, self.hypers = seeds, hypers
 
     def init_arguments(self) -> tuple[jax.Array, optim.Hyper]:
         return keys(self.seeds), stack(self.hypers)
-
-    def init(self) -> None:
-        super().init()
-        self.lr_scales = np.asarray(self.state.hyper.lr_scale)
-
-    def learning_rates(self, done: int) -> np.ndarray:
-        return float(self.programs.schedule(done)) * self.lr_scales
 
 
 def run(programs: train.Programs, data: train.DeviceData, config: train.RunConfig, seeds: Sequence[int],

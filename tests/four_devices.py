@@ -30,7 +30,8 @@ def one_step(devices: int) -> dict:
     data = train.put_on_device(in_memory(images, labels, test_images, test_labels, MEAN, STD),
                                recipe, jnp.float32, parallel.make_mesh(devices))
     programs = train.build_programs(config, data)
-    state = programs.init(jax.random.key(0), data.train_padded, programs.hyper)
+    key = jax.random.key(0)
+    state = train.compile_init(programs, key, data.train_padded, programs.hyper)(key, data.train_padded, programs.hyper)
     initial = jax.device_get(state.params)
     batches = programs.epoch_batches(state.rng, jnp.int32(1))
     state = programs.train_step(state, data.train_padded, data.train_labels, batches)

@@ -1,4 +1,4 @@
-import functools
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -11,13 +11,6 @@ from jax_resnet_speed.data import in_memory
 MEAN, STD = np.array([0.5, 0.5, 0.5]), np.array([0.25, 0.25, 0.25])
 POINTS = [(0, 1.0, 5e-4, 0.9), (1, 0.5, 1e-3, 0.8), (0, 2.0, 2.5e-4, 0.95)]  # seed, lr scale, wd, momentum
 RECIPE = presets.get_preset("myrtle-resnet9").with_epochs(2).replace(**{"data.batch_size": 128})
-
-
-def alone(lr_scale, weight_decay, momentum):
-    """The recipe with a point's hyperparameters written into it, for a single run."""
-    knots = tuple((e, lr * lr_scale) for e, lr in RECIPE.optimiser.lr_knots)
-    return RECIPE.replace(**{"optimiser.lr_knots": knots, "optimiser.weight_decay": weight_decay,
-                             "optimiser.momentum": momentum})
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +29,15 @@ def grouped(data):
 
 @pytest.fixture(scope="module")
 def single(data):
-    @functools.cache
-    def programs(point):
-        config = train.RunConfig(alone(*point[1:]), "fp32", 0.125)
-        return config, train.build_programs(config, data)
+    """One run's programs, compiled once: each point's hyperparameters go in through its Hyper, which
+    steps as the recipe with those values written in (test_optim.py)."""
+    config = train.RunConfig(RECIPE, "fp32", 0.125)
+    programs = train.build_programs(config, data)
 
-    return programs
+    def of(point):
+        return config, dataclasses.replace(programs, hyper=optim.Hyper.of(RECIPE, *point[1:]))
+
+    return of
 
 
 def hypers_of(points):
@@ -49,7 +45,7 @@ def hypers_of(points):
 
 
 def first_steps(programs, key, hyper, data, steps, with_initial=False):
-    state = programs.init(key, data.train_padded, hyper)
+    state = train.compile_init(programs, key, data.train_padded, hyper)(key, data.train_padded, hyper)
     initial = jax.tree_util.tree_map(np.asarray, state.params)  # the train step donates the state
     batches = programs.epoch_batches(state.rng, jnp.int32(1))
     for _ in range(steps):
@@ -133,7 +129,8 @@ def test_a_diverging_member_is_marked_while_the_others_finish(data, grouped):
 
 def test_memory_estimate_covers_the_state_and_bounds_the_group(data, single):
     _, programs = single(POINTS[0])
-    state = programs.init(jax.random.key(0), data.train_padded, programs.hyper)
+    key = jax.random.key(0)
+    state = train.compile_init(programs, key, data.train_padded, programs.hyper)(key, data.train_padded, programs.hyper)
     state_bytes = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(state) if hasattr(leaf, "nbytes"))
     per_member = group.member_bytes(programs, data)
     assert per_member > 2 * state_bytes

@@ -3,6 +3,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import run_quickly
 from jax_resnet_speed import optim, presets
 
 
@@ -209,3 +210,44 @@ def test_airbench94_lr_and_weight_decay_in_torch_terms():
     schedule = optim.lr_schedule(recipe, 48)
     assert float(schedule(0)) / peak == pytest.approx(0.2) and float(schedule(475.2)) / peak == pytest.approx(0.07)
     assert recipe.run_steps(48) == 476 and presets.get_preset("airbench94-muon").run_steps(25) == 200
+
+
+@pytest.mark.parametrize("preset", ["myrtle-resnet9", "airbench94"])
+def test_hyper_steps_as_the_recipe_with_its_values_written_in(preset):
+    """A Hyper's lr scale, weight decay and momentum act as those values written into the recipe (lr knots
+    scaled, weight decay and momentum replaced): test_group trains its single runs through a Hyper."""
+    import jax
+
+    from jax_resnet_speed import model
+
+    recipe = presets.get_preset(preset).with_epochs(2)
+    lr_scale, weight_decay, momentum = 0.5, 1e-3, 0.8
+    written = recipe.replace(**{"optimiser.lr_knots": tuple((e, lr * lr_scale) for e, lr in recipe.optimiser.lr_knots),
+                                "optimiser.weight_decay": weight_decay, "optimiser.momentum": momentum})
+    net = model.for_recipe(recipe, 0.125, jnp.float32)
+    params = run_quickly(lambda key: net.init(key, jnp.zeros((1, 32, 32, 3)), train=False)["params"], jax.random.key(0))
+    leaves, tree = jax.tree.flatten(params)
+    grads = [jax.tree.unflatten(tree, [jnp.asarray(np.random.default_rng(step + 10 * i).normal(size=leaf.shape),
+                                                   jnp.float32) for i, leaf in enumerate(leaves)])
+             for step in range(3)]
+
+    def three_steps(optimizer):
+        def steps(trained, grads):
+            state = optimizer.init(trained)
+            for grad in grads:
+                updates, state = optimizer.update(grad, state, trained)
+                trained = optax.apply_updates(trained, updates)
+            return trained
+
+        return run_quickly(steps, params, grads)
+
+    steps_per_epoch = 10
+    by_hyper = three_steps(optim.make_optimizer(recipe, optim.lr_schedule(recipe, steps_per_epoch), 128,
+                                                optim.Hyper.of(recipe, lr_scale, weight_decay, momentum), steps_per_epoch))
+    by_recipe = three_steps(optim.make_optimizer(written, optim.lr_schedule(written, steps_per_epoch), 128,
+                                                 None, steps_per_epoch))
+    moved = 0
+    for got, want, start in zip(*map(jax.tree.leaves, (by_hyper, by_recipe, params))):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        moved += not np.array_equal(want, start)
+    assert moved == len(leaves)

@@ -88,7 +88,8 @@ def jax_steps(config, images, labels, steps):
     data = train.put_on_device(in_memory(images, labels, images[:10], labels[:10], MEAN, STD),
                                config.recipe, jnp.float32)
     programs = train.build_programs(config, data)
-    state = programs.init(jax.random.key(0), data.train_padded, programs.hyper)
+    key = jax.random.key(0)
+    state = train.compile_init(programs, key, data.train_padded, programs.hyper)(key, data.train_padded, programs.hyper)
     batches = jnp.arange(BATCH)[None]  # step 0 (and every step: one step per epoch) trains on images 0..B-1
 
     def snapshot(s):

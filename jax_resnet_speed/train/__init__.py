@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jax_resnet_speed import augment, interrupt, loop, model as model_lib, optim, parallel
+from jax_resnet_speed import augment, compilation, interrupt, loop, model as model_lib, optim, parallel
 from jax_resnet_speed.data import Dataset
 from jax_resnet_speed.presets import Recipe
 from jax_resnet_speed.settings import EVAL_BATCH, IMAGE_SIZE, RunConfig
@@ -226,6 +226,12 @@ def eval_variables(state: TrainState) -> dict:
     return {**weights, "constants": state.constants}
 
 
+def compile_init(programs: Programs, key: jax.Array, train_padded: jax.Array, hyper: optim.Hyper) -> Callable:
+    """The init program compiled for these arguments. It runs once per run, so on XLA:CPU it compiles
+    without LLVM's optimisations, several times faster, to the same values (compilation.RUN_ONCE_OPTIONS)."""
+    return programs.init.lower(key, train_padded, hyper).compile(compilation.run_once_options(jax.default_backend()))
+
+
 def compile_programs(programs: Programs, data: DeviceData, seed: int,
                      key: jax.Array | None = None, hyper: optim.Hyper | None = None,
                      on_stage: Callable[[str], None] = lambda stage: None) -> tuple[Programs, float]:
@@ -240,7 +246,7 @@ def compile_programs(programs: Programs, data: DeviceData, seed: int,
     key = jax.random.key(seed) if key is None else key
     hyper = programs.hyper if hyper is None else hyper
     on_stage("compiling and running the initialisation")
-    init = programs.init.lower(key, data.train_padded, hyper).compile()
+    init = compile_init(programs, key, data.train_padded, hyper)
     state = init(key, data.train_padded, hyper)
     on_stage("compiling the epoch shuffle")
     epoch_batches = programs.epoch_batches.lower(state.rng, jnp.int32(0)).compile()
@@ -305,7 +311,8 @@ class Engine:
         return np.atleast_2d(np.asarray(jax.device_get(sums)))
 
     def learning_rates(self, done: int) -> np.ndarray:
-        return np.array([float(self.programs.schedule(done))])
+        """The schedule's lr after `done` steps times each run's lr scale (optim.Hyper: a group's members differ)."""
+        return float(self.programs.schedule(done)) * np.atleast_1d(np.asarray(self.state.hyper.lr_scale))
 
 
 def run(programs: Programs, data: DeviceData, config: RunConfig, seed: int,
