@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from jax_resnet_speed import cli, presets, series, train
+from conftest import sigint_when
+from jax_resnet_speed import cli, presets, report, series, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:this is not the full CIFAR-10")
 
@@ -162,11 +163,12 @@ def test_writes_the_files_then_continues_and_refuses_other_settings(argv, tmp_pa
     assert len(md_rows) == 2 and "| 75 |" in md_rows[0] and "| 26 |" in md_rows[1]
     assert (out / "series.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # --runs 2: only the missing seed of each preset runs; the first runs are kept as they were.
+    # --runs 2: only the missing seed of each preset runs; the first runs are kept as they were. (Which runs
+    # are made is the series' logic, so these are made up: fake_runs, without compiling.)
     first_runs = {name: payload["presets"][name]["runs"][0] for name in (FIRST, LAST)}
-    train_calls.clear()
+    calls = fake_runs(monkeypatch)
     assert series.main(argv(out, "--runs", "2")) == 0
-    assert train_calls == [(FIRST, 1), (LAST, 1)]
+    assert calls == [(FIRST, 1), (LAST, 1)]
     payload = read(out)
     for name in (FIRST, LAST):
         assert seeds(payload, name) == [(0, "completed"), (1, "completed")]
@@ -175,10 +177,10 @@ def test_writes_the_files_then_continues_and_refuses_other_settings(argv, tmp_pa
     assert all(row["finished_runs"] == 2 for row in payload["table"])
 
     # Nothing left to run.
-    train_calls.clear()
+    calls.clear()
     capsys.readouterr()
     assert series.main(argv(out, "--runs", "2")) == 0
-    assert train_calls == [] and "skipped" in capsys.readouterr().out
+    assert calls == [] and "skipped" in capsys.readouterr().out
 
     # Other settings are refused, naming them, and the file is left alone.
     before = (out / "series.json").read_text()
@@ -191,37 +193,65 @@ def test_writes_the_files_then_continues_and_refuses_other_settings(argv, tmp_pa
     assert series.main(argv(out)) == 2
     err = capsys.readouterr().err
     assert f"the recipe of {FIRST} changed" in err and "network.celu_alpha" in err
-    assert train_calls == [] and (out / "series.json").read_text() == before
+    assert calls == [] and (out / "series.json").read_text() == before
 
 
-def test_ctrl_c_keeps_what_finished_and_a_rerun_completes_the_rest(argv, tmp_path, monkeypatch, capsys):
-    real_run = train.run
+def fake_runs(monkeypatch, interrupt_in: str | None = None) -> list:
+    """cli.prepare_runs without compiling: each run is one made-up epoch (accuracy 0.5), and a run of the
+    preset `interrupt_in` is stopped by a KeyboardInterrupt after it, as a Ctrl-C in training would.
+    Returns the (preset, seed) of every run."""
+    calls = []
 
-    def interrupted_in_last(programs, data, config, seed, on_epoch, record):
-        def stop(metrics):
-            on_epoch(metrics)
-            raise KeyboardInterrupt
-        return real_run(programs, data, config, seed, stop if config.recipe.name == LAST else on_epoch, record)
+    def prepare_runs(config, dataset, seed, payload, *rest):
+        payload["compile_seconds"] = 1.0
 
+        def run_one(seed, on_epoch, record):
+            calls.append((config.recipe.name, seed))
+            record.update(seed=seed, status="running", epochs=[], final_accuracy=None, seconds_to_target=None)
+            report.add_epoch(record, report.epoch_metrics(1, 0.1, (230.0, 50, 100), (50, 50, 115.0, 100), False,
+                                                          2.0, 2.0, 0.5), on_epoch)
+            if config.recipe.name == interrupt_in:
+                raise KeyboardInterrupt
+            report.complete_run(record, config.recipe.timing.target)
+            return record
+
+        return run_one
+
+    monkeypatch.setattr(cli, "prepare_runs", prepare_runs)
+    return calls
+
+
+def test_ctrl_c_in_a_run_keeps_what_finished_and_a_rerun_completes_the_rest(argv, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    monkeypatch.setattr(train, "run", interrupted_in_last)
+    fake_runs(monkeypatch, interrupt_in=LAST)
     assert series.main(argv(out)) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err.splitlines()[-1] == (f"interrupted: kept 1 finished run(s) in {out}; the same "
+                                                        "command goes on from them")
     payload = read(out)
     assert seeds(payload, FIRST) == [(0, "completed")] and seeds(payload, LAST) == [(0, "interrupted")]
     assert (out / "series.md").exists()
     finished = payload["presets"][FIRST]["runs"][0]
 
-    calls = []
-
-    def counted(programs, data, config, seed, on_epoch, record):
-        calls.append((config.recipe.name, seed))
-        return real_run(programs, data, config, seed, on_epoch, record)
-
-    monkeypatch.setattr(train, "run", counted)
+    calls = fake_runs(monkeypatch)
     assert series.main(argv(out)) == 0
     assert calls == [(LAST, 0)]
     payload = read(out)
     assert payload["presets"][FIRST]["runs"] == [finished] and seeds(payload, LAST) == [(0, "completed")]
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c_while_the_next_preset_compiles_keeps_the_finished_ones(argv, tmp_path):
+    """Once a run is on disk, SIGINT stops the next preset's compilation at its next stage (not at once), and
+    the files are written with what finished (interrupt.py)."""
+    out = tmp_path / "out"
+    result = sigint_when("series", argv(out), f"== [2/2] {LAST}")
+    assert result.returncode == cli.EXIT_INTERRUPTED, result.stderr
+    assert "Traceback" not in result.stderr and "compiled" not in result.stdout.split("[2/2]")[1]
+    assert result.stderr.splitlines()[-1] == (f"interrupted: kept 1 finished run(s) in {out}; the same command "
+                                              "goes on from them")
+    payload = read(out)
+    assert seeds(payload, FIRST) == [(0, "completed")] and seeds(payload, LAST) == []
+    assert (out / "series.md").exists() and (out / "series.png").exists()
 
 
 def test_a_diverged_run_exits_3_and_the_series_goes_on(argv, tmp_path, monkeypatch, capsys):
