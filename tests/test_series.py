@@ -196,10 +196,10 @@ def test_writes_the_files_then_continues_and_refuses_other_settings(argv, tmp_pa
     assert calls == [] and (out / "series.json").read_text() == before
 
 
-def fake_runs(monkeypatch, interrupt_in: str | None = None) -> list:
-    """cli.prepare_runs without compiling: each run is one made-up epoch (accuracy 0.5), and a run of the
-    preset `interrupt_in` is stopped by a KeyboardInterrupt after it, as a Ctrl-C in training would.
-    Returns the (preset, seed) of every run."""
+def fake_runs(monkeypatch, interrupt_in: str | None = None, diverge_in: str | None = None) -> list:
+    """cli.prepare_runs without compiling: each run is one made-up epoch (accuracy 0.5); a run of the
+    preset `interrupt_in` is stopped by a KeyboardInterrupt after it, as a Ctrl-C in training would, and
+    one of `diverge_in` has a NaN loss. Returns the (preset, seed) of every run."""
     calls = []
 
     def prepare_runs(config, dataset, seed, payload, *rest):
@@ -208,8 +208,10 @@ def fake_runs(monkeypatch, interrupt_in: str | None = None) -> list:
         def run_one(seed, on_epoch, record):
             calls.append((config.recipe.name, seed))
             record.update(seed=seed, status="running", epochs=[], final_accuracy=None, seconds_to_target=None)
-            report.add_epoch(record, report.epoch_metrics(1, 0.1, (230.0, 50, 100), (50, 50, 115.0, 100), False,
-                                                          2.0, 2.0, 0.5), on_epoch)
+            metrics = report.epoch_metrics(1, 0.1, (230.0, 50, 100), (50, 50, 115.0, 100), False, 2.0, 2.0, 0.5)
+            if config.recipe.name == diverge_in:
+                metrics["train_loss"] = math.nan
+            report.add_epoch(record, metrics, on_epoch)  # raises Diverged on the NaN, as in loop.run
             if config.recipe.name == interrupt_in:
                 raise KeyboardInterrupt
             report.complete_run(record, config.recipe.timing.target)
@@ -244,7 +246,8 @@ def test_a_real_ctrl_c_while_the_next_preset_compiles_keeps_the_finished_ones(ar
     """Once a run is on disk, SIGINT stops the next preset's compilation at its next stage (not at once), and
     the files are written with what finished (interrupt.py)."""
     out = tmp_path / "out"
-    result = sigint_when("series", argv(out), f"== [2/2] {LAST}")
+    smaller = ["--width-mult", "0.0625", "--batch-size", "32", "--train-subset", "64", "--test-subset", "50"]
+    result = sigint_when("series", argv(out, *smaller), f"== [2/2] {LAST}")
     assert result.returncode == cli.EXIT_INTERRUPTED, result.stderr
     assert "Traceback" not in result.stderr and "compiled" not in result.stdout.split("[2/2]")[1]
     assert result.stderr.splitlines()[-1] == (f"interrupted: kept 1 finished run(s) in {out}; the same command "
@@ -255,25 +258,17 @@ def test_a_real_ctrl_c_while_the_next_preset_compiles_keeps_the_finished_ones(ar
 
 
 def test_a_diverged_run_exits_3_and_the_series_goes_on(argv, tmp_path, monkeypatch, capsys):
-    real_run = train.run
-
-    def diverging_first(programs, data, config, seed, on_epoch, record):
-        def nan_loss(metrics):
-            metrics["train_loss"] = math.nan
-            on_epoch(metrics)
-        return real_run(programs, data, config, seed, nan_loss if config.recipe.name == FIRST else on_epoch, record)
-
     out = tmp_path / "out"
-    monkeypatch.setattr(train, "run", diverging_first)
+    fake_runs(monkeypatch, diverge_in=FIRST)
     assert series.main(argv(out)) == cli.EXIT_DIVERGED
     assert "diverged" in capsys.readouterr().err
     payload = read(out)
     assert seeds(payload, FIRST) == [(0, "diverged")] and seeds(payload, LAST) == [(0, "completed")]
     assert payload["table"][0]["diverged_runs"] == 1 and payload["table"][1]["ratio_to_previous"] is None
     # A diverged run is a result: a rerun does not repeat it, and still reports it.
-    monkeypatch.setattr(train, "run", lambda *args: pytest.fail("nothing should run"))
+    calls = fake_runs(monkeypatch)
     assert series.main(argv(out)) == cli.EXIT_DIVERGED
-    assert read(out)["presets"] == payload["presets"]
+    assert calls == [] and read(out)["presets"] == payload["presets"]
 
 
 def test_out_naming_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
