@@ -472,7 +472,8 @@ def prepare_runs(config, dataset, seed: int, payload: dict, profile: str | None 
     with progress.task("compiling") as shown, compilation.CacheCounter() as cache:
         programs, payload["compile_seconds"] = train.compile_programs(
             train.build_programs(config, device_data), device_data, seed,
-            on_stage=lambda stage: (interrupt.check(), shown.update(description=stage)))  # a series stops here
+            # A series with a run on disk is saving (interrupt.py): its Ctrl-C stops between the stages.
+            on_stage=lambda stage: (interrupt.check(), shown.update(description=stage)))
     payload.setdefault("compilation", {})["cache"] = cache.state
     print(f"compiled ({config.loop} loop, {cache.state} cache) and warmed up in {payload['compile_seconds']:.1f} s "
           "(not timed)")

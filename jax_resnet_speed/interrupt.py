@@ -12,7 +12,8 @@ inside `handling()`:
   which raises KeyboardInterrupt there; the runner saves what finished, then calls `leave`;
 - a second Ctrl-C exits at once without saving.
 
-Every command line (train, series, compare, bench, the experiments) runs its main() through `main`.
+Every command line (train, series, compare, bench, the PyTorch reference, the experiments) runs its
+main() through `main`.
 
 Leaving goes through os._exit after flushing the output: steps already dispatched to the device are not
 waited for, and no interpreter teardown runs under XLA's threads. Plain Python (no JAX).

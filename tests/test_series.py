@@ -132,17 +132,29 @@ def test_missing_data_is_one_line_and_exit_1(tmp_path, capsys):
     assert not (tmp_path / "out" / "series.json").exists()
 
 
-def test_writes_the_files_then_continues_and_refuses_other_settings(argv, tmp_path, train_calls, monkeypatch,
-                                                                    capsys):
+def test_ctrl_c_then_continues_writes_the_files_and_refuses_other_settings(argv, tmp_path, train_calls,
+                                                                           monkeypatch, capsys):
     out = tmp_path / "out"
+    # A real Ctrl-C (SIGINT) as the second preset starts: once a run is on disk, its compilation stops at
+    # the next stage instead of at once, and the files keep the first preset's run (interrupt.py).
+    stopped = sigint_when("series", argv(out), f"== [2/2] {LAST}")
+    assert stopped.returncode == cli.EXIT_INTERRUPTED, stopped.stderr
+    assert "Traceback" not in stopped.stderr and "compiled" not in stopped.stdout.split("[2/2]")[1]
+    assert stopped.stderr.splitlines()[-1] == (f"interrupted: kept 1 finished run(s) in {out}; the same command "
+                                               "goes on from them")
+    assert seeds(read(out), FIRST) == [(0, "completed")] and seeds(read(out), LAST) == []
+    assert "epoch       lr  train loss" in stopped.stdout  # the trainer's epoch table, per preset
+    assert (out / "series.md").exists()
+
+    # The same command goes on where it stopped: only the second preset runs.
     assert series.main(argv(out)) == 0
     stdout = capsys.readouterr().out
-    assert "epoch       lr  train loss" in stdout  # the trainer's epoch table, per preset
+    assert "epoch       lr  train loss" in stdout and "continuing" in stdout
     table = stdout[stdout.index("Myrtle s (V100)") - 200:].splitlines()
     rows = {line.split()[0]: line for line in table if line.split() and line.split()[0] in (FIRST, LAST)}
     assert set(rows) == {FIRST, LAST}
     assert " 75 " in rows[FIRST] and " 26 " in rows[LAST] and "0.35" in rows[LAST]  # Myrtle: 26 / 75
-    assert train_calls == [(FIRST, 0), (LAST, 0)]
+    assert train_calls == [(LAST, 0)]
 
     payload = read(out)
     assert list(payload["presets"]) == [FIRST, LAST] and payload["selection"] == [FIRST, LAST]
@@ -239,22 +251,6 @@ def test_ctrl_c_in_a_run_keeps_what_finished_and_a_rerun_completes_the_rest(argv
     assert calls == [(LAST, 0)]
     payload = read(out)
     assert payload["presets"][FIRST]["runs"] == [finished] and seeds(payload, LAST) == [(0, "completed")]
-
-
-@pytest.mark.slow
-def test_a_real_ctrl_c_while_the_next_preset_compiles_keeps_the_finished_ones(argv, tmp_path):
-    """Once a run is on disk, SIGINT stops the next preset's compilation at its next stage (not at once), and
-    the files are written with what finished (interrupt.py)."""
-    out = tmp_path / "out"
-    smaller = ["--width-mult", "0.0625", "--batch-size", "32", "--train-subset", "64", "--test-subset", "50"]
-    result = sigint_when("series", argv(out, *smaller), f"== [2/2] {LAST}")
-    assert result.returncode == cli.EXIT_INTERRUPTED, result.stderr
-    assert "Traceback" not in result.stderr and "compiled" not in result.stdout.split("[2/2]")[1]
-    assert result.stderr.splitlines()[-1] == (f"interrupted: kept 1 finished run(s) in {out}; the same command "
-                                              "goes on from them")
-    payload = read(out)
-    assert seeds(payload, FIRST) == [(0, "completed")] and seeds(payload, LAST) == []
-    assert (out / "series.md").exists() and (out / "series.png").exists()
 
 
 def test_a_diverged_run_exits_3_and_the_series_goes_on(argv, tmp_path, monkeypatch, capsys):
