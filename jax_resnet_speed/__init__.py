@@ -4,9 +4,13 @@ import sys
 
 from jax_resnet_speed import interrupt
 
-# `python -m jax_resnet_speed.train` imports the library (jax_resnet_speed.train, seconds of JAX and
-# Flax imports) before its __main__ can take over Ctrl-C: until then, a Ctrl-C exits with one line.
-if sys.argv[:1] == ["-m"] and sys.orig_argv[sys.orig_argv.index("-m") + 1:][:1] == ["jax_resnet_speed.train"]:
+# `python -m jax_resnet_speed.train` (or another command line) imports seconds of JAX and Flax before its
+# main can take over Ctrl-C (interrupt.main): until then, a Ctrl-C exits with one line. Not the data
+# command, which handles Ctrl-C itself (its decode workers).
+_COMMANDS = tuple(f"jax_resnet_speed.{name}" for name in
+                  ("train", "series", "compare", "bench", "torch_reference", "experiments."))
+_RUN_AS = sys.orig_argv[sys.orig_argv.index("-m") + 1] if sys.argv[:1] == ["-m"] else ""  # while `-m` imports
+if _RUN_AS.startswith(_COMMANDS):
     interrupt.exit_on_sigint_while_starting()
 
 

@@ -15,16 +15,16 @@ cache cold and warm. CPU numbers are labelled as such: they say nothing about a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from jax_resnet_speed import cli, compilation, flags, presets, report
+from jax_resnet_speed import cli, compilation, flags, interrupt, presets, report
 
 MATMUL_SIZE = {"cpu": 1024, "gpu": 8192}  # large enough to reach the device's matmul rate
 
@@ -108,14 +108,18 @@ def time_chunks(run_chunk: Callable[[], None], repeats: int) -> list[float]:
     run_chunk()
     seconds = []
     for _ in range(repeats):
+        interrupt.check()  # between chunks, off the clock
         start = time.perf_counter()
         run_chunk()
         seconds.append(time.perf_counter() - start)
     return seconds
 
 
-def bench_jax(args: argparse.Namespace, loops: Sequence[str] | None) -> dict:
-    """Compile and time the trainer's step in each loop mode; FLOPs and bytes from the single step."""
+def bench_jax(args: argparse.Namespace, loops: Sequence[str] | None, result: dict) -> None:
+    """Compile and time the trainer's step in each loop mode; FLOPs and bytes from the single step.
+
+    Fills `result` (see bench) as it goes: after a Ctrl-C (KeyboardInterrupt) it holds the loop modes
+    timed so far. Until the first is, Ctrl-C exits at once (interrupt.py)."""
     import jax
     import jax.numpy as jnp
 
@@ -123,41 +127,48 @@ def bench_jax(args: argparse.Namespace, loops: Sequence[str] | None) -> dict:
 
     backend = jax.default_backend()
     config = cli.resolve_config(args, backend)
+    result["config"] = config.to_dict()
     loops = loops or [config.loop]
     dataset = synthetic_dataset(args.steps * config.recipe.batch_size)  # one bench "epoch" is --steps steps
     dtype = train.PRECISIONS[config.precision]
     data = train.put_on_device(dataset, config.recipe, dtype)
-    result: dict = {"loops": {}, "compile": {}}
     step_compiled = None
-    for loop in loops:
-        programs = train.build_programs(dataclasses.replace(config, loop=loop), data)
-        result["compile"][loop] = []
-        for _ in range(2 if jax.config.jax_enable_compilation_cache else 1):
-            jax.clear_caches()  # the second compile must come from the persistent cache, not from memory
-            with compilation.CacheCounter() as cache:
-                compiled, seconds = train.compile_programs(programs, data, seed=0)
-            result["compile"][loop].append({"seconds": seconds, "cache": cache.state})
-        state = compiled.init(jax.random.key(0), data.train_padded, compiled.hyper)
+    with contextlib.ExitStack() as timed:
+        for loop in loops:
+            programs = train.build_programs(dataclasses.replace(config, loop=loop), data)
+            compiles = []
+            for _ in range(2 if jax.config.jax_enable_compilation_cache else 1):
+                jax.clear_caches()  # the second compile must come from the persistent cache, not from memory
+                with compilation.CacheCounter() as cache:
+                    compiled, seconds = train.compile_programs(programs, data, seed=0,
+                                                               on_stage=lambda stage: interrupt.check())
+                compiles.append({"seconds": seconds, "cache": cache.state})
+            state = compiled.init(jax.random.key(0), data.train_padded, compiled.hyper)
 
-        def run_chunk():
-            nonlocal state
-            state = jax.block_until_ready(train.train_epoch(compiled, data, state, epoch=1))
+            def run_chunk():
+                nonlocal state
+                state = jax.block_until_ready(train.train_epoch(compiled, data, state, epoch=1))
 
-        result["loops"][loop] = spread(time_chunks(run_chunk, args.repeats), args.steps)
-        if loop == "step":
-            step_compiled = compiled.train_step
-    # Counts per step come from the single step's program, whichever loops were timed.
-    programs = train.build_programs(config, data)
-    state = jax.eval_shape(programs.init, jax.random.key(0), data.train_padded, programs.hyper)
-    batches = jax.ShapeDtypeStruct((args.steps, config.recipe.batch_size), jnp.int32)
-    step_args = (state, data.train_padded, data.train_labels, batches)
-    step_compiled = step_compiled or programs.train_step.lower(*step_args).compile()
-    result["xla_flops_per_step"], result["bytes_per_step"] = flops.xla_cost(step_compiled)
-    result["model_flops_per_step"] = flops.model_flops(programs.train_step, *step_args)
-    size = MATMUL_SIZE.get(backend, 1024)
-    result["matmul"] = {"size": size, "dtype": config.precision, "tflops": flops.measured_matmul_tflops(dtype, size)}
-    result["config"] = config.to_dict()
-    return result
+            result["loops"][loop] = spread(time_chunks(run_chunk, args.repeats), args.steps)
+            result["compile"][loop] = compiles
+            if len(result["loops"]) == 1:
+                timed.enter_context(interrupt.saving())  # a row to keep: Ctrl-C now stops at a check and saves
+            print(f"timed the {loop} loop: {result['loops'][loop]['median_step_seconds'] * 1e3:.2f} ms per step",
+                  flush=True)
+            if loop == "step":
+                step_compiled = compiled.train_step
+        # Counts per step come from the single step's program, whichever loops were timed.
+        programs = train.build_programs(config, data)
+        state = jax.eval_shape(programs.init, jax.random.key(0), data.train_padded, programs.hyper)
+        batches = jax.ShapeDtypeStruct((args.steps, config.recipe.batch_size), jnp.int32)
+        step_args = (state, data.train_padded, data.train_labels, batches)
+        interrupt.check()  # a Ctrl-C in what follows (seconds) is reported after it (bench)
+        step_compiled = step_compiled or programs.train_step.lower(*step_args).compile()
+        result["xla_flops_per_step"], result["bytes_per_step"] = flops.xla_cost(step_compiled)
+        result["model_flops_per_step"] = flops.model_flops(programs.train_step, *step_args)
+        size = MATMUL_SIZE.get(backend, 1024)
+        result["matmul"] = {"size": size, "dtype": config.precision,
+                            "tflops": flops.measured_matmul_tflops(dtype, size)}
 
 
 def bench_torch(args: argparse.Namespace) -> dict:
@@ -255,10 +266,22 @@ def format_table(payload: dict) -> str:
 
 
 def bench(args: argparse.Namespace, loops: Sequence[str] | None) -> dict:
-    """Measure, and return the JSON payload."""
+    """Measure, and return the JSON payload; after a Ctrl-C, with the loop modes timed so far and
+    "interrupted": true. Raises KeyboardInterrupt when none was."""
     from jax_resnet_speed import flops
 
-    result = bench_torch(args) if args.framework == "torch" else bench_jax(args, loops)
+    result: dict = {"loops": {}, "compile": {}, "xla_flops_per_step": None, "bytes_per_step": None,
+                    "model_flops_per_step": None, "matmul": None}
+    interrupted = False
+    try:
+        if args.framework == "torch":
+            result.update(bench_torch(args))
+        else:
+            bench_jax(args, loops, result)
+    except KeyboardInterrupt:
+        if not result["loops"]:
+            raise
+        interrupted = True
     env = environment(args.framework, args.compile)
     peak = flops.device_peak(env["device_kind"]) if env["backend"] != "cpu" else None
     precision = result["config"]["precision"]
@@ -272,7 +295,8 @@ def bench(args: argparse.Namespace, loops: Sequence[str] | None) -> dict:
     return {"framework": framework, "environment": env, "steps": args.steps, "repeats": args.repeats,
             "peak": None if peak is None else {"name": peak.name, "tflops": peak.tflops,
                                                "memory_tb_per_s": peak.memory_tb_per_s, "source": peak.source},
-            "peak_tflops": peak_tflops, "compilation": cli.compilation_section(args), "result": result, "rows": rows}
+            "peak_tflops": peak_tflops, "compilation": cli.compilation_section(args), "result": result, "rows": rows,
+            **({"interrupted": True} if interrupted or interrupt.requested() else {})}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -286,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli.configure_compilation(args)
         try:
             payload = bench(args, loops)
+        except KeyboardInterrupt:  # raised in-process (a real Ctrl-C exits at once until a row is timed)
+            return interrupt.leave("interrupted before any loop mode was timed: nothing was written")
         finally:
             if args.cold_compile:
                 compilation.enable_cache(None)  # the temporary cache folder is about to go
@@ -293,8 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         report.write_json(args.json, payload)
         print(f"wrote {args.json}")
+    if payload.get("interrupted"):
+        where = f" in {args.json}" if args.json else ""
+        return interrupt.leave(f"interrupted: kept what was timed ({', '.join(payload['rows'])} loop){where}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupt.main(main)

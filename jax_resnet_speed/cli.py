@@ -196,7 +196,8 @@ RunOne = Callable[[int, Callable[[dict], None], dict], dict]
 
 
 def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Callable[[], RunOne],
-            seeds: Sequence[int] | None = None, on_checkpoint: Callable[[], None] | None = None) -> int:
+            seeds: Sequence[int] | None = None, on_checkpoint: Callable[[], None] | None = None,
+            leave_on_interrupt: bool = True) -> int:
     """Upload and compile (`prepare`, which returns the run function), then --runs timed runs.
 
     Prints the epoch table of each run and the summary, and writes the JSON at the end, or with
@@ -205,6 +206,8 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
     seeds: the seeds to run (default --seed + i for each of the --runs); runs already in
     payload["runs"] are kept and summarised with the new ones. on_checkpoint: called with
     payload["summary"] up to date after every finished run, on Ctrl-C and at the end.
+    leave_on_interrupt=False (a runner of several run_all, the series): on Ctrl-C, save what finished
+    and let KeyboardInterrupt go on, for the caller to save the rest and say what it kept.
     """
     from jax_resnet_speed import report
 
@@ -237,10 +240,14 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
             exit_code = run_seeds(args, payload, target, run_one, seeds, checkpoint if on_checkpoint else None, log)
     except KeyboardInterrupt:
         report.mark_interrupted(payload["runs"])
-        if not any(record.get("epochs") for record in payload["runs"]):
+        finished = any(record.get("epochs") for record in payload["runs"])
+        if finished:
+            save()
+        if not leave_on_interrupt:
+            raise
+        if not finished:
             kept = f" ({args.json} left as it was)" if getattr(args, "json", None) else ""
             return interrupt.leave(f"interrupted before any epoch finished: nothing was written{kept}")
-        save()
         hint = (f"; the checkpoint of the last finished epoch is in {args.checkpoint_dir}: the same command with "
                 "--resume goes on from it" if getattr(args, "checkpoint_dir", None) else "")
         return interrupt.leave(f"interrupted: kept what finished{hint}")
@@ -465,7 +472,8 @@ def prepare_runs(config, dataset, seed: int, payload: dict, profile: str | None 
     with progress.task("compiling") as shown, compilation.CacheCounter() as cache:
         programs, payload["compile_seconds"] = train.compile_programs(
             train.build_programs(config, device_data), device_data, seed,
-            on_stage=lambda stage: shown.update(description=stage))
+            # A series with a run on disk is saving (interrupt.py): its Ctrl-C stops between the stages.
+            on_stage=lambda stage: (interrupt.check(), shown.update(description=stage)))
     payload.setdefault("compilation", {})["cache"] = cache.state
     print(f"compiled ({config.loop} loop, {cache.state} cache) and warmed up in {payload['compile_seconds']:.1f} s "
           "(not timed)")

@@ -14,12 +14,13 @@ import importlib.util
 import json
 import os
 import pathlib
+import signal
 import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
 
-from jax_resnet_speed import cli, flags, install_hint, report
+from jax_resnet_speed import cli, flags, install_hint, interrupt, report
 
 COMMANDS = {
     "jax": ["-m", "jax_resnet_speed.train"],
@@ -84,13 +85,21 @@ def run_environment(framework: str, device: str | None) -> dict:
 
 
 def run_one(command: list[str], env: dict, log_path: pathlib.Path) -> int:
-    """Run to completion with output to the log. On Ctrl-C (which the child gets too), give the
-    child time to write the JSON of what it finished, then re-raise."""
+    """Run to completion with output to the log. On Ctrl-C, pass it on to the child, give it time to
+    write the JSON of what it finished, then re-raise.
+
+    The child runs in its own session, so that a Ctrl-C at the terminal reaches it once, through here:
+    a second one would stop it without saving (interrupt.py)."""
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            return process.wait()
+            while True:
+                try:
+                    return process.wait(timeout=0.2)
+                except subprocess.TimeoutExpired:
+                    interrupt.check()
         except KeyboardInterrupt:
+            process.send_signal(signal.SIGINT)
             try:
                 process.wait(timeout=INTERRUPT_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
@@ -287,7 +296,15 @@ def write_outputs(out: pathlib.Path, args: argparse.Namespace, results: dict) ->
 
 
 def compare(args: argparse.Namespace) -> int:
-    """Every run of every framework, interleaved; then the table and the three files."""
+    """Every run of every framework, interleaved; then the table and the three files.
+
+    Ctrl-C reaches the run in flight through run_one, so compare is saving throughout (interrupt.py):
+    exiting at once would leave that run going on its own."""
+    with interrupt.saving():
+        return compare_runs(args)
+
+
+def compare_runs(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     results: dict = {}
@@ -306,9 +323,11 @@ def compare(args: argparse.Namespace) -> int:
                 code = flags.EXIT_INTERRUPTED
             record = collect(results, framework, json_path)
             if code == flags.EXIT_INTERRUPTED:
-                print("\ninterrupted: saving what finished", file=sys.stderr)
+                print("interrupted")
+                if not results:
+                    return interrupt.leave("interrupted before any run finished: nothing was written")
                 write_outputs(out, args, results)
-                return flags.EXIT_INTERRUPTED
+                return interrupt.leave(kept_line(out, results))
             if record is None or code not in (0, flags.EXIT_DIVERGED):
                 print(f"failed (exit {code})")
                 print(f"error: {framework} run {index + 1} failed: {last_error(log_path)} (log: {log_path})",
@@ -320,7 +339,14 @@ def compare(args: argparse.Namespace) -> int:
                 exit_code = flags.EXIT_DIVERGED
             print(report.run_line(record, target_of(results[framework]["config"])), flush=True)
     write_outputs(out, args, results)
+    if interrupt.requested():  # Ctrl-C while the files were written: they were written whole
+        return interrupt.leave(kept_line(out, results))
     return exit_code
+
+
+def kept_line(out: pathlib.Path, results: dict) -> str:
+    """The line that ends an interrupted comparison."""
+    return f"interrupted: kept the table of {sum(len(e['runs']) for e in results.values())} run(s) in {out}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -338,4 +364,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupt.main(main)

@@ -7,9 +7,13 @@ inside `handling()`:
 
 - until results can be saved (`saving()` not entered: loading, compiling, warming up), Ctrl-C exits at
   once: nothing has finished, so nothing is written and an earlier result file is left alone;
-- while they can, Ctrl-C sets a flag that the epoch loop reads between steps (`check`), which raises
-  KeyboardInterrupt there, at a safe point; the runner saves what finished, then calls `leave`;
+- while they can, Ctrl-C sets a flag that the runner reads at its safe points (`check`: between steps,
+  between the stages of a compilation, between a series' presets, while waiting for a child process),
+  which raises KeyboardInterrupt there; the runner saves what finished, then calls `leave`;
 - a second Ctrl-C exits at once without saving.
+
+Every command line (train, series, compare, bench, the PyTorch reference, the experiments) runs its
+main() through `main`.
 
 Leaving goes through os._exit after flushing the output: steps already dispatched to the device are not
 waited for, and no interpreter teardown runs under XLA's threads. Plain Python (no JAX).
@@ -22,13 +26,15 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NoReturn
+
+from jax_resnet_speed import progress
 
 EXIT_INTERRUPTED = 130
 _NOTHING_SAVED = "interrupted before anything finished: nothing was written"
 
-_state = {"requested": False, "saving": False}
+_state = {"requested": False, "saving": 0}  # saving: how many saving() blocks are open
 
 
 @contextlib.contextmanager
@@ -38,23 +44,25 @@ def handling() -> Iterator[None]:
         yield
         return
     previous = signal.signal(signal.SIGINT, _on_sigint)
-    _state.update(requested=False, saving=False)
+    _state.update(requested=False, saving=0)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        _state.update(requested=False, saving=False)
+        _state.update(requested=False, saving=0)
 
 
 @contextlib.contextmanager
 def saving() -> Iterator[None]:
-    """While inside, Ctrl-C asks the loop to stop at its next `check` so that the caller can save."""
-    before = _state["saving"]
-    _state["saving"] = True
+    """While inside, Ctrl-C asks the loop to stop at its next `check` so that the caller can save.
+
+    A count, not a flag: a runner may open one (a series, once a run is on disk) that outlives the ones
+    it calls open and close (each preset's runs)."""
+    _state["saving"] += 1
     try:
         yield
     finally:
-        _state["saving"] = before
+        _state["saving"] -= 1
 
 
 def requested() -> bool:
@@ -77,6 +85,13 @@ def leave(message: str) -> int:
     return EXIT_INTERRUPTED
 
 
+def main(entry: Callable[[], int]) -> NoReturn:
+    """Run a command line's `entry` with Ctrl-C handled as above, and exit with its code."""
+    with handling():
+        code = entry()
+    sys.exit(code)
+
+
 def exit_on_sigint_while_starting() -> None:
     """Until `handling()` takes over: Ctrl-C exits at once with one line (imports are not a place to stop
     in with a traceback)."""
@@ -92,6 +107,7 @@ def _on_sigint(signum: int, frame: object) -> None:
 
 
 def _exit(message: str) -> NoReturn:
+    progress.abandon()
     print(message, file=sys.stderr)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from jax_resnet_speed import interrupt, report
+from jax_resnet_speed import interrupt, progress, report
 from jax_resnet_speed.presets import Recipe
 from jax_resnet_speed.settings import epoch_steps
 
@@ -72,18 +72,21 @@ def run(engine: Engine, recipe: Recipe, seeds: Sequence[int], records: Sequence[
             previous_totals = np.zeros((len(records), 3))
         diverged: list[report.Diverged] = []
         lengths = epoch_steps(recipe, engine.steps_per_epoch)
+        last_seconds = None
         for epoch, steps in enumerate(lengths, 1):
             if epoch <= len(records[0]["epochs"]):
                 continue  # done before the checkpoint this run resumed from
-            start = time.perf_counter()
-            engine.train_epoch(epoch, steps)
-            totals = engine.totals()  # waits for the device
-            epoch_seconds = time.perf_counter() - start
+            # On a terminal, a line shows the epoch's time so far; it is opened and closed off the clock.
+            with progress.epoch(epoch, len(lengths), last_seconds) as shown:
+                start = time.perf_counter()
+                engine.train_epoch(epoch, steps)
+                totals = engine.totals()  # waits for the device
+                epoch_seconds = last_seconds = time.perf_counter() - start
+                shown.update(description=f"evaluating after epoch {epoch}/{len(lengths)}")
+                eval_start = time.perf_counter()
+                sums = engine.evaluate()
+                eval_seconds = time.perf_counter() - eval_start
             train_seconds += epoch_seconds
-
-            eval_start = time.perf_counter()
-            sums = engine.evaluate()
-            eval_seconds = time.perf_counter() - eval_start
             if airbench_rule and epoch == len(lengths):
                 train_seconds += eval_seconds  # the final evaluation, with TTA, is on airbench's clock
 

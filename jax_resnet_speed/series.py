@@ -11,6 +11,7 @@ cli.run_all). Writes DIR/series.json after every finished run, so a second call 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -21,7 +22,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from jax_resnet_speed import cli, flags, install_hint, presets, report
+from jax_resnet_speed import cli, flags, install_hint, interrupt, presets, report
 
 FORMAT = 1  # series.json's layout version
 JSON_NAME, MD_NAME, PNG_NAME = "series.json", "series.md", "series.png"
@@ -505,8 +506,7 @@ def run_series(args: argparse.Namespace, names: list[str], argv: Sequence[str]) 
     if smoke_line(series):
         print(smoke_line(series))
     if existing:
-        kept = sum(r.get("status") in FINISHED for e in existing["presets"].values() for r in e.get("runs", []))
-        print(f"continuing {json_path}: {kept} finished runs kept")
+        print(f"continuing {json_path}: {finished_runs(existing)} finished runs kept")
 
     def save() -> None:
         series["updated"] = _now()
@@ -514,48 +514,58 @@ def run_series(args: argparse.Namespace, names: list[str], argv: Sequence[str]) 
         report.write_json(json_path, series)
 
     seeds = [args.seed + index for index in range(args.runs)]
+    on_disk = finished_runs(series)
     interrupted = False
     try:
         for position, name in enumerate(names, 1):
-            config = configs[name]
-            print(f"\n== [{position}/{len(names)}] {name}: {config.recipe.change}")
-            print(config.recipe.description)
-            entry = series["presets"].get(name)
-            kept = [r for r in entry["runs"] if r.get("status") in FINISHED] if entry else []
-            done = {r.get("seed") for r in kept}
-            missing = [seed for seed in seeds if seed not in done]
-            if not missing:
-                print(f"{len(kept)} finished runs in {json_path}: skipped")
-                continue
-            entry = {"config": sections[name], "environment": env,
-                     "compile_seconds": (entry or {}).get("compile_seconds"), "runs": kept,
-                     "summary": report.summarize(kept), "myrtle": myrtle_reference(presets.get_preset(name))}
-            series["presets"][name] = entry
-            code = cli.run_all(args, entry, config.recipe.timing.target,
-                               lambda: cli.prepare_runs(config, dataset, args.seed, entry),
-                               seeds=missing, on_checkpoint=save)
-            if code == flags.EXIT_INTERRUPTED:
-                interrupted = True
-                break
-    except KeyboardInterrupt:  # between presets: run_all handles the ones inside a preset
+            # Once this call has put a run on disk, Ctrl-C while the next preset compiles no longer exits at
+            # once: it stops at the next stage of the compilation (cli.prepare_runs) and saves (interrupt.py).
+            with interrupt.saving() if finished_runs(series) > on_disk else contextlib.nullcontext():
+                interrupt.check()
+                config = configs[name]
+                print(f"\n== [{position}/{len(names)}] {name}: {config.recipe.change}")
+                print(config.recipe.description)
+                entry = series["presets"].get(name)
+                kept = [r for r in entry["runs"] if r.get("status") in FINISHED] if entry else []
+                done = {r.get("seed") for r in kept}
+                missing = [seed for seed in seeds if seed not in done]
+                if not missing:
+                    print(f"{len(kept)} finished runs in {json_path}: skipped")
+                    continue
+                entry = {"config": sections[name], "environment": env,
+                         "compile_seconds": (entry or {}).get("compile_seconds"), "runs": kept,
+                         "summary": report.summarize(kept), "myrtle": myrtle_reference(presets.get_preset(name))}
+                series["presets"][name] = entry
+                cli.run_all(args, entry, config.recipe.timing.target,
+                            lambda: cli.prepare_runs(config, dataset, args.seed, entry),
+                            seeds=missing, on_checkpoint=save, leave_on_interrupt=False)
+    except KeyboardInterrupt:  # run_all saved the runs of the preset it was in
         for entry in series["presets"].values():
             report.mark_interrupted(entry.get("runs", []))
-        print("\ninterrupted: saving what finished", file=sys.stderr)
         interrupted = True
+    if interrupted and not any(r.get("epochs") for e in series["presets"].values() for r in e.get("runs", [])):
+        return interrupt.leave("interrupted before any epoch finished: nothing was written")
 
     for name in names:  # refresh the reference numbers (presets.py may have corrected them)
         if name in series["presets"]:
             series["presets"][name]["myrtle"] = myrtle_reference(presets.get_preset(name))
     series["updated"] = _now()
-    rows, written = write_outputs(series, names, json_path, out)
+    with interrupt.saving():  # a Ctrl-C now lets the files be written whole, and is reported below
+        rows, written = write_outputs(series, names, json_path, out)
     print(f"\nseries {series['title']} ({args.runs} run(s) per preset)")
     print(text_table(rows))
     if smoke_line(series):
         print(smoke_line(series))
     print(f"wrote {', '.join(written)}")
-    if interrupted:
-        return flags.EXIT_INTERRUPTED
+    if interrupted or interrupt.requested():
+        return interrupt.leave(f"interrupted: kept {finished_runs(series)} finished run(s) in {out}; the same "
+                               "command goes on from them")
     return flags.EXIT_DIVERGED if any(row["diverged_runs"] for row in rows) else 0
+
+
+def finished_runs(series: dict) -> int:
+    """How many runs of a series are finished (completed or diverged): those a rerun does not repeat."""
+    return sum(r.get("status") in FINISHED for e in series["presets"].values() for r in e.get("runs", []))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -566,12 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         cli.validate(args, parser, preset=name)
     cli.configure_compilation(args)
-    try:
-        return run_series(args, names, argv)
-    except KeyboardInterrupt:  # while loading the data or writing the files: nothing more to save
-        print("\ninterrupted", file=sys.stderr)
-        return flags.EXIT_INTERRUPTED
+    return run_series(args, names, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupt.main(main)

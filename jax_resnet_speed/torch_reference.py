@@ -34,7 +34,7 @@ except ImportError as error:
         raise SystemExit(f"error: {INSTALL_HINT}") from None
     raise ImportError(INSTALL_HINT) from error
 
-from jax_resnet_speed import cli, flags, loop, settings
+from jax_resnet_speed import cli, flags, interrupt, loop, settings
 from jax_resnet_speed.data import DataError, Dataset
 from jax_resnet_speed.presets import UNTRAINED_WHITENING_BIAS, Data, Network as NetworkSpec, Recipe, WhiteningBias
 from jax_resnet_speed.settings import EVAL_BATCH, IMAGE_SIZE, RunConfig
@@ -641,6 +641,7 @@ class Trainer:
         if self.recipe.data.alternating_flip and self.flip_coins is None:
             self.flip_coins = torch.rand(data.num_train, generator=self.generator, device=self.device) < 0.5
         for idx in batches[:steps]:
+            interrupt.check()  # Ctrl-C stops after the step in flight (a flag read on the host: no sync)
             images = augment(data.train_padded, idx, self.recipe.data, self.generator, self.memory_format,
                              self.flip_coins, epoch - 1)
             self.train_step(images, data.train_labels[idx])
@@ -830,4 +831,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupt.main(main)

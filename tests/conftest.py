@@ -75,13 +75,42 @@ def run_quickly(fn, *args):
     return jax.jit(fn).lower(*args).compile(QUICK_COMPILE)(*args)
 
 
-def run_experiment_quickly(name: str, *args: str) -> subprocess.CompletedProcess:
-    """`python -m jax_resnet_speed.experiments.<name> args` compiled with QUICK_COMPILE, which only XLA_FLAGS
-    can set for a whole process: for smoke runs that check an experiment's outputs, not its numbers,
-    where compiling is most of the run."""
+def quick_compile_env() -> dict:
+    """The environment of a subprocess that compiles with QUICK_COMPILE, which only XLA_FLAGS can set for a
+    whole process: for runs that check a command's outputs or plumbing, not its numbers."""
     flags = " ".join([os.environ.get("XLA_FLAGS", ""), *(f"--{k}={v}" for k, v in QUICK_COMPILE.items())])
+    return {**os.environ, "XLA_FLAGS": flags.strip()}
+
+
+def run_experiment_quickly(name: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m jax_resnet_speed.experiments.<name> args` compiled with QUICK_COMPILE: for smoke runs that
+    check an experiment's outputs, where compiling is most of the run."""
     return subprocess.run([sys.executable, "-m", f"jax_resnet_speed.experiments.{name}", *args],
-                          capture_output=True, text=True, timeout=900, env={**os.environ, "XLA_FLAGS": flags.strip()})
+                          capture_output=True, text=True, timeout=900, env=quick_compile_env())
+
+
+def sigint_when(module: str, args: list[str], seen, delay: float = 0.0) -> subprocess.CompletedProcess:
+    """Run `python -m jax_resnet_speed.<module> args` (QUICK_COMPILE), send it one SIGINT `delay` seconds
+    after `seen` (a text of its stdout, or a function polled until it says so), and wait for it to exit."""
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-u", "-m", f"jax_resnet_speed.{module}", *args],
+                               env=quick_compile_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = []
+    if callable(seen):
+        deadline = time.monotonic() + 300
+        while not seen() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    else:
+        for line in process.stdout:
+            lines.append(line)
+            if seen in line:
+                break
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, "".join(lines) + stdout, stderr)
 
 
 def make_learnable(n: int, seed: int, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from conftest import sigint_when
 from jax_resnet_speed import bench
 from test_flops import resnet9_train_flops_per_image
 
@@ -43,6 +44,21 @@ def test_torch_bench_counts_the_same_model_flops(tmp_path, capsys):
     assert payload["framework"] == "torch"
     assert payload["result"]["model_flops_per_step"] == pytest.approx(HAND_COUNT, rel=0.01)
     assert payload["rows"]["step"]["images_per_second"] > 0
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c_after_a_loop_mode_keeps_its_row(tmp_path):
+    """SIGINT once the step loop is timed: the epoch loop's compilation stops at its next stage, and the
+    table and JSON hold the step loop's row."""
+    out = tmp_path / "bench.json"
+    result = sigint_when("bench", [*TINY, "--loops", "step,epoch", "--no-compile-cache", "--json", str(out)],
+                         "timed the step loop")
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == f"interrupted: kept what was timed (step loop) in {out}\n"
+    assert "images/s" in result.stdout and "timed the epoch loop" not in result.stdout
+    payload = json.loads(out.read_text())
+    assert payload["interrupted"] is True and set(payload["rows"]) == set(payload["result"]["compile"]) == {"step"}
+    assert payload["rows"]["step"]["images_per_second"] > 0 and payload["result"]["matmul"] is None
 
 
 @pytest.mark.parametrize("args, message", [(["--steps", "0"], "--steps must be positive"),

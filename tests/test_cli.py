@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import sigint_when
 from jax_resnet_speed import cli, presets, train
 
 TINY = ["--width-mult", "0.125", "--batch-size", "128", "--precision", "fp32"]
@@ -215,26 +216,6 @@ def test_a_group_too_large_for_memory_is_refused_naming_the_largest_that_fits(ti
     assert error[0].endswith("the largest group that fits is --parallel 2")  # 80% of 3 runs' memory
 
 
-def sigint_when(args: list[str], seen: str, delay: float) -> subprocess.CompletedProcess:
-    """Run the trainer, send SIGINT `delay` seconds after `seen` appears in its stdout, and wait for it."""
-    import os
-    import signal
-    import time
-
-    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}  # compile time is not what is tested
-    process = subprocess.Popen([sys.executable, "-u", "-m", "jax_resnet_speed.train", *args], env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if seen in line:
-            break
-    time.sleep(delay)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
-    return subprocess.CompletedProcess(process.args, process.returncode, "".join(lines) + stdout, stderr)
-
-
 @pytest.mark.slow
 def test_a_real_ctrl_c_exits_130_with_one_line_and_never_replaces_a_result_with_less(tiny_npz, tmp_path):
     keep = tmp_path / "keep.json"
@@ -242,13 +223,13 @@ def test_a_real_ctrl_c_exits_130_with_one_line_and_never_replaces_a_result_with_
     args = ["--data", tiny_npz, "--cache-dir", str(tmp_path), "--json", str(keep), "--width-mult", "0.0625",
             "--batch-size", "64", "--precision", "fp32", "--epochs", "10", "--runs", "20"]
     # While compiling: nothing has finished, so the earlier file stays.
-    compiling = sigint_when(args, "timing:", 0.5)
+    compiling = sigint_when("train", args, "timing:", 0.5)
     assert compiling.returncode == 130, compiling.stderr
     assert compiling.stderr.endswith("\ninterrupted before anything finished: nothing was written\n")
     assert "Traceback" not in compiling.stderr and compiling.stderr.startswith("warning: this is not the full")
     assert keep.read_text() == '{"a good": "earlier result"}\n'
     # While training: what finished is written, the run in flight is marked interrupted.
-    training = sigint_when(args, "    2 ", 0.0)
+    training = sigint_when("train", args, "    2 ", 0.0)
     assert training.returncode == 130, training.stderr
     assert "Traceback" not in training.stderr and training.stderr.endswith("interrupted: kept what finished\n")
     payload = json.loads(keep.read_text())

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from conftest import sigint_when
 from jax_resnet_speed import cli, compare
 
 pytestmark = pytest.mark.filterwarnings("ignore:this is not the full CIFAR-10")
@@ -162,6 +163,22 @@ def test_ctrl_c_saves_what_finished_and_exits_130(monkeypatch, tmp_path):
     frameworks = json.loads((out / "compare.json").read_text())["frameworks"]
     assert [r["status"] for r in frameworks["torch"]["runs"]] == ["completed", "interrupted"]
     assert (out / "compare.md").exists()
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c_reaches_the_run_in_flight_once_and_exits_130(tiny_npz, tmp_path):
+    """SIGINT to compare alone (its runs have their own session): compare passes it on to the trainer it
+    waits for, which stops while compiling, writing nothing; compare then says so and exits 130."""
+    out = tmp_path / "out"
+    log = out / "runs" / "jax-1.log"
+    result = sigint_when("compare", ["--data", tiny_npz, "--cache-dir", str(tmp_path), "--runs", "1",
+                                     "--frameworks", "jax", "--out", str(out), *TINY],
+                         lambda: log.exists() and "timing:" in log.read_text())
+    assert result.returncode == cli.EXIT_INTERRUPTED, result.stderr
+    assert result.stderr == "interrupted before any run finished: nothing was written\n"
+    assert result.stdout.endswith("jax run 1/1: interrupted\n")
+    assert log.read_text().endswith("\ninterrupted before anything finished: nothing was written\n")
+    assert not (out / "compare.json").exists()
 
 
 def test_without_matplotlib_the_plot_is_skipped_in_one_line(monkeypatch, tmp_path, capsys):

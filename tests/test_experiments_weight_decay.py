@@ -9,7 +9,7 @@ import pytest
 
 from jax_resnet_speed import model, optim, presets, train
 from jax_resnet_speed.experiments import weight_decay
-from conftest import run_experiment_quickly
+from conftest import run_experiment_quickly, sigint_when
 
 
 @pytest.mark.parametrize("nesterov", [True, False])
@@ -89,3 +89,17 @@ def test_smoke_run_writes_the_figure_json_and_summary(tiny_npz, tmp_path):
     cells = [len(re.split(r"(?<!\\)\|", line)) for line in table]  # Markdown splits cells at unescaped pipes
     assert len(table) == 2 + 8 and len(set(cells)) == 1, table[:2]
     assert summary.read_text().count("width x0.0625") == 1
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c_exits_130_with_one_line_and_writes_nothing(tiny_npz, tmp_path):
+    """Every experiment runs through common.main and interrupt.main: it writes its files only at the end, so a
+    Ctrl-C while it compiles or trains exits at once. (One experiment stands for the three.)"""
+    result = sigint_when("experiments.weight_decay", ["--out", str(tmp_path / "out"), "--data", tiny_npz,
+                                                      "--width-mult", "0.0625", "--epochs", "200", "--batch-size",
+                                                      "32", "--train-subset", "64", "--test-subset", "50"],
+                         "weight_decay: ", delay=0.5)  # its title, printed before it compiles
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == "interrupted before anything finished: nothing was written"
+    assert not list((tmp_path / "out").glob("weight_decay.*"))

@@ -1,5 +1,6 @@
 """Ctrl-C handling (interrupt.py) through real SIGINTs to small scripts, and the output-path checks (paths.py)."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -79,6 +80,17 @@ def test_in_process_the_module_only_changes_sigint_inside_handling():
         assert not interrupt.requested()
     assert signal.getsignal(signal.SIGINT) is before
     assert interrupt.leave("a KeyboardInterrupt raised in-process") == 130  # returns: no os._exit under pytest
+
+
+def test_saving_blocks_are_counted_so_one_opened_inside_another_outlives_it(monkeypatch):
+    monkeypatch.setattr(interrupt, "_exit", lambda message: pytest.fail(f"exited at once: {message}"))
+    with interrupt.handling(), contextlib.ExitStack() as kept:
+        with interrupt.saving():  # a preset's runs (cli.run_all)
+            kept.enter_context(interrupt.saving())  # the series', opened once a run is on disk
+        signal.raise_signal(signal.SIGINT)
+        assert interrupt.requested()
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
 
 
 # --- output paths ---------------------------------------------------------------------------------------------

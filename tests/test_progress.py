@@ -4,12 +4,13 @@ import io
 import re
 import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from jax_resnet_speed import data, progress
+from jax_resnet_speed import data, loop, presets, progress
 from jax_resnet_speed.data import _images
 
 pytestmark = pytest.mark.filterwarnings("ignore:this is not the full CIFAR-10:jax_resnet_speed.data.DataWarning")
@@ -67,3 +68,55 @@ def test_the_first_decode_shows_progress_on_a_terminal_only(monkeypatch, tmp_pat
     dataset = data.load_cifar10(archive, tmp_path / "cache-terminal")
     assert len(dataset.train_images) == len(dataset.test_images) == 20
     assert "decoding images.tar.gz" in terminal.text() and "40/40 images" in terminal.text()
+
+
+class SleepingEngine:
+    """loop.Engine with epochs of 0.05 s of sleep and made-up sums."""
+
+    steps_per_epoch = 1
+
+    def __init__(self):
+        self.epochs = 0
+
+    def init(self) -> None:
+        pass
+
+    def train_epoch(self, epoch: int, steps: int) -> None:
+        time.sleep(0.05)
+        self.epochs += 1
+
+    def totals(self) -> np.ndarray:
+        return np.array([[23.0, 5.0, 10.0]]) * self.epochs
+
+    def evaluate(self) -> np.ndarray:
+        return np.array([[5.0, 5.0, 23.0, 10.0]])
+
+    def learning_rates(self, done: int) -> np.ndarray:
+        return np.array([0.1])
+
+
+def test_epochs_show_their_time_on_a_terminal_only(monkeypatch, capsys):
+    recipe = presets.get_preset("myrtle-resnet9").with_epochs(3)
+    rows = []
+    loop.run(SleepingEngine(), recipe, [0], [{}], lambda member, metrics: rows.append(metrics["epoch"]))
+    assert rows == [1, 2, 3] and capsys.readouterr() == ("", "")  # piped: nothing but what the caller prints
+
+    monkeypatch.setattr(sys, "stdout", terminal := FakeTerminal())
+    monkeypatch.setattr(progress, "EPOCH_SHOWN_FROM_SECONDS", 0.04)  # these 0.05 s epochs count as long ones
+    loop.run(SleepingEngine(), recipe, [0], [{}], lambda member, metrics: None)
+    assert "training epoch 1/3" in terminal.text() and "training epoch 3/3 (epoch 2 took 0 s)" in terminal.text()
+    assert "evaluating after epoch 3/3" in terminal.text()
+
+    monkeypatch.setattr(sys, "stdout", terminal := FakeTerminal())
+    monkeypatch.setattr(progress, "EPOCH_SHOWN_FROM_SECONDS", 60.0)
+    loop.run(SleepingEngine(), recipe, [0], [{}], lambda member, metrics: None)
+    assert "training epoch 1/3" in terminal.text()  # its length is not known yet
+    assert "epoch 2/3" not in terminal.text()  # the one before was short
+
+
+def test_an_exit_that_skips_the_cleanup_gives_the_cursor_back(monkeypatch):
+    monkeypatch.setattr(sys, "stdout", terminal := FakeTerminal())
+    progress.abandon()  # no display: nothing to undo
+    monkeypatch.setattr(progress, "_active", True)  # as while rich draws (and hides the cursor)
+    progress.abandon()  # as interrupt.py does before os._exit
+    assert terminal.getvalue() == "\r\x1b[2K\x1b[?25h"

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from jax_resnet_speed import cli, presets, series, train
+from conftest import sigint_when
+from jax_resnet_speed import cli, presets, report, series, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:this is not the full CIFAR-10")
 
@@ -131,17 +132,29 @@ def test_missing_data_is_one_line_and_exit_1(tmp_path, capsys):
     assert not (tmp_path / "out" / "series.json").exists()
 
 
-def test_writes_the_files_then_continues_and_refuses_other_settings(argv, tmp_path, train_calls, monkeypatch,
-                                                                    capsys):
+def test_ctrl_c_then_continues_writes_the_files_and_refuses_other_settings(argv, tmp_path, train_calls,
+                                                                           monkeypatch, capsys):
     out = tmp_path / "out"
+    # A real Ctrl-C (SIGINT) as the second preset starts: once a run is on disk, its compilation stops at
+    # the next stage instead of at once, and the files keep the first preset's run (interrupt.py).
+    stopped = sigint_when("series", argv(out), f"== [2/2] {LAST}")
+    assert stopped.returncode == cli.EXIT_INTERRUPTED, stopped.stderr
+    assert "Traceback" not in stopped.stderr and "compiled" not in stopped.stdout.split("[2/2]")[1]
+    assert stopped.stderr.splitlines()[-1] == (f"interrupted: kept 1 finished run(s) in {out}; the same command "
+                                               "goes on from them")
+    assert seeds(read(out), FIRST) == [(0, "completed")] and seeds(read(out), LAST) == []
+    assert "epoch       lr  train loss" in stopped.stdout  # the trainer's epoch table, per preset
+    assert (out / "series.md").exists()
+
+    # The same command goes on where it stopped: only the second preset runs.
     assert series.main(argv(out)) == 0
     stdout = capsys.readouterr().out
-    assert "epoch       lr  train loss" in stdout  # the trainer's epoch table, per preset
+    assert "epoch       lr  train loss" in stdout and "continuing" in stdout
     table = stdout[stdout.index("Myrtle s (V100)") - 200:].splitlines()
     rows = {line.split()[0]: line for line in table if line.split() and line.split()[0] in (FIRST, LAST)}
     assert set(rows) == {FIRST, LAST}
     assert " 75 " in rows[FIRST] and " 26 " in rows[LAST] and "0.35" in rows[LAST]  # Myrtle: 26 / 75
-    assert train_calls == [(FIRST, 0), (LAST, 0)]
+    assert train_calls == [(LAST, 0)]
 
     payload = read(out)
     assert list(payload["presets"]) == [FIRST, LAST] and payload["selection"] == [FIRST, LAST]
@@ -162,11 +175,12 @@ def test_writes_the_files_then_continues_and_refuses_other_settings(argv, tmp_pa
     assert len(md_rows) == 2 and "| 75 |" in md_rows[0] and "| 26 |" in md_rows[1]
     assert (out / "series.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # --runs 2: only the missing seed of each preset runs; the first runs are kept as they were.
+    # --runs 2: only the missing seed of each preset runs; the first runs are kept as they were. (Which runs
+    # are made is the series' logic, so these are made up: fake_runs, without compiling.)
     first_runs = {name: payload["presets"][name]["runs"][0] for name in (FIRST, LAST)}
-    train_calls.clear()
+    calls = fake_runs(monkeypatch)
     assert series.main(argv(out, "--runs", "2")) == 0
-    assert train_calls == [(FIRST, 1), (LAST, 1)]
+    assert calls == [(FIRST, 1), (LAST, 1)]
     payload = read(out)
     for name in (FIRST, LAST):
         assert seeds(payload, name) == [(0, "completed"), (1, "completed")]
@@ -175,10 +189,10 @@ def test_writes_the_files_then_continues_and_refuses_other_settings(argv, tmp_pa
     assert all(row["finished_runs"] == 2 for row in payload["table"])
 
     # Nothing left to run.
-    train_calls.clear()
+    calls.clear()
     capsys.readouterr()
     assert series.main(argv(out, "--runs", "2")) == 0
-    assert train_calls == [] and "skipped" in capsys.readouterr().out
+    assert calls == [] and "skipped" in capsys.readouterr().out
 
     # Other settings are refused, naming them, and the file is left alone.
     before = (out / "series.json").read_text()
@@ -191,33 +205,48 @@ def test_writes_the_files_then_continues_and_refuses_other_settings(argv, tmp_pa
     assert series.main(argv(out)) == 2
     err = capsys.readouterr().err
     assert f"the recipe of {FIRST} changed" in err and "network.celu_alpha" in err
-    assert train_calls == [] and (out / "series.json").read_text() == before
+    assert calls == [] and (out / "series.json").read_text() == before
 
 
-def test_ctrl_c_keeps_what_finished_and_a_rerun_completes_the_rest(argv, tmp_path, monkeypatch, capsys):
-    real_run = train.run
+def fake_runs(monkeypatch, interrupt_in: str | None = None, diverge_in: str | None = None) -> list:
+    """cli.prepare_runs without compiling: each run is one made-up epoch (accuracy 0.5); a run of the
+    preset `interrupt_in` is stopped by a KeyboardInterrupt after it, as a Ctrl-C in training would, and
+    one of `diverge_in` has a NaN loss. Returns the (preset, seed) of every run."""
+    calls = []
 
-    def interrupted_in_last(programs, data, config, seed, on_epoch, record):
-        def stop(metrics):
-            on_epoch(metrics)
-            raise KeyboardInterrupt
-        return real_run(programs, data, config, seed, stop if config.recipe.name == LAST else on_epoch, record)
+    def prepare_runs(config, dataset, seed, payload, *rest):
+        payload["compile_seconds"] = 1.0
 
+        def run_one(seed, on_epoch, record):
+            calls.append((config.recipe.name, seed))
+            record.update(seed=seed, status="running", epochs=[], final_accuracy=None, seconds_to_target=None)
+            metrics = report.epoch_metrics(1, 0.1, (230.0, 50, 100), (50, 50, 115.0, 100), False, 2.0, 2.0, 0.5)
+            if config.recipe.name == diverge_in:
+                metrics["train_loss"] = math.nan
+            report.add_epoch(record, metrics, on_epoch)  # raises Diverged on the NaN, as in loop.run
+            if config.recipe.name == interrupt_in:
+                raise KeyboardInterrupt
+            report.complete_run(record, config.recipe.timing.target)
+            return record
+
+        return run_one
+
+    monkeypatch.setattr(cli, "prepare_runs", prepare_runs)
+    return calls
+
+
+def test_ctrl_c_in_a_run_keeps_what_finished_and_a_rerun_completes_the_rest(argv, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    monkeypatch.setattr(train, "run", interrupted_in_last)
+    fake_runs(monkeypatch, interrupt_in=LAST)
     assert series.main(argv(out)) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err.splitlines()[-1] == (f"interrupted: kept 1 finished run(s) in {out}; the same "
+                                                        "command goes on from them")
     payload = read(out)
     assert seeds(payload, FIRST) == [(0, "completed")] and seeds(payload, LAST) == [(0, "interrupted")]
     assert (out / "series.md").exists()
     finished = payload["presets"][FIRST]["runs"][0]
 
-    calls = []
-
-    def counted(programs, data, config, seed, on_epoch, record):
-        calls.append((config.recipe.name, seed))
-        return real_run(programs, data, config, seed, on_epoch, record)
-
-    monkeypatch.setattr(train, "run", counted)
+    calls = fake_runs(monkeypatch)
     assert series.main(argv(out)) == 0
     assert calls == [(LAST, 0)]
     payload = read(out)
@@ -225,25 +254,17 @@ def test_ctrl_c_keeps_what_finished_and_a_rerun_completes_the_rest(argv, tmp_pat
 
 
 def test_a_diverged_run_exits_3_and_the_series_goes_on(argv, tmp_path, monkeypatch, capsys):
-    real_run = train.run
-
-    def diverging_first(programs, data, config, seed, on_epoch, record):
-        def nan_loss(metrics):
-            metrics["train_loss"] = math.nan
-            on_epoch(metrics)
-        return real_run(programs, data, config, seed, nan_loss if config.recipe.name == FIRST else on_epoch, record)
-
     out = tmp_path / "out"
-    monkeypatch.setattr(train, "run", diverging_first)
+    fake_runs(monkeypatch, diverge_in=FIRST)
     assert series.main(argv(out)) == cli.EXIT_DIVERGED
     assert "diverged" in capsys.readouterr().err
     payload = read(out)
     assert seeds(payload, FIRST) == [(0, "diverged")] and seeds(payload, LAST) == [(0, "completed")]
     assert payload["table"][0]["diverged_runs"] == 1 and payload["table"][1]["ratio_to_previous"] is None
     # A diverged run is a result: a rerun does not repeat it, and still reports it.
-    monkeypatch.setattr(train, "run", lambda *args: pytest.fail("nothing should run"))
+    calls = fake_runs(monkeypatch)
     assert series.main(argv(out)) == cli.EXIT_DIVERGED
-    assert read(out)["presets"] == payload["presets"]
+    assert calls == [] and read(out)["presets"] == payload["presets"]
 
 
 def test_out_naming_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from jax_resnet_speed import flags, presets, report, train
+from jax_resnet_speed import flags, interrupt, presets, report, train
 from jax_resnet_speed.experiments import common
 
 NAME = "batch_norm"
@@ -493,4 +493,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    interrupt.main(main)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from jax_resnet_speed import flags, group, optim, presets, report, train
+from jax_resnet_speed import flags, group, interrupt, optim, presets, report, train
 from jax_resnet_speed.experiments import common
 
 NAME = "hyperparameters"
@@ -278,4 +278,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    interrupt.main(main)

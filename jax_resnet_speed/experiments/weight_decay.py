@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_resnet_speed import flags, loop, model, optim, presets, report, train
+from jax_resnet_speed import flags, interrupt, loop, model, optim, presets, report, train
 from jax_resnet_speed.experiments import common
 
 NAME = "weight_decay"
@@ -284,4 +284,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    interrupt.main(main)
