@@ -9,6 +9,9 @@ from conftest import sigint_when
 from jax_resnet_speed import cli, presets, train
 
 TINY = ["--width-mult", "0.125", "--batch-size", "128", "--precision", "fp32"]
+# The small run most tests here make: after the first, its programs come from the run's shared
+# compilation cache (tests/conftest.py).
+ONE_EPOCH = ["--preset", "myrtle-resnet9", "--epochs", "1", "--train-subset", "256", "--test-subset", "100", *TINY]
 
 
 def run_cli(*args):
@@ -66,9 +69,8 @@ def test_missing_data_is_one_line_and_exit_1(tmp_path):
 
 def test_end_to_end_writes_the_table_and_json(tiny_npz, tmp_path):
     out = tmp_path / "result.json"
-    result = run_cli("--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "2", "--runs", "2",
-                     "--preset", "myrtle-resnet9", "--train-subset", "384", "--test-subset", "150",
-                     "--json", str(out), "--tensorboard", str(tmp_path / "tb"), "--plot", *TINY)
+    result = run_cli("--data", tiny_npz, "--cache-dir", str(tmp_path), "--runs", "2", "--json", str(out),
+                     "--tensorboard", str(tmp_path / "tb"), "--plot", *ONE_EPOCH)
     assert result.returncode == 0, result.stderr
     assert "epoch       lr  train loss" in result.stdout
     assert "compiling" not in result.stdout  # stdout is a pipe: no progress, only the "compiled ... in" line
@@ -81,15 +83,15 @@ def test_end_to_end_writes_the_table_and_json(tiny_npz, tmp_path):
     assert set(payload) == {"config", "environment", "compile_seconds", "compilation", "runs", "summary"}
     assert payload["compilation"]["cache"] in ("cold", "warm") and payload["config"]["loop"] == "step"
     config, recipe = payload["config"], payload["config"]["recipe"]
-    assert recipe["name"] == "myrtle-resnet9" and recipe["optimiser"]["epochs"] == 2
+    assert recipe["name"] == "myrtle-resnet9" and recipe["optimiser"]["epochs"] == 1
     assert recipe["data"]["batch_size"] == 128 and recipe["network"]["widths"] == [64, 128, 256, 512]
-    assert config["train_images"] == 384 and config["test_images"] == 150 and config["width_mult"] == 0.125
-    assert recipe["optimiser"]["lr_knots"][1][0] == pytest.approx(5 / 12)  # stretched to 2 epochs
+    assert config["train_images"] == 256 and config["test_images"] == 100 and config["width_mult"] == 0.125
+    assert recipe["optimiser"]["lr_knots"][1][0] == pytest.approx(5 / 24)  # stretched to 1 epoch
     assert {"jax", "jaxlib", "flax", "optax", "device_kind"} <= set(payload["environment"])
     assert payload["compile_seconds"] > 0
     assert [r["seed"] for r in payload["runs"]] == [0, 1]
     for record in payload["runs"]:
-        assert record["status"] == "completed" and len(record["epochs"]) == 2
+        assert record["status"] == "completed" and len(record["epochs"]) == 1
         assert 0 <= record["final_accuracy"] <= 1
         assert "seconds_to_target" in record
     summary = payload["summary"]
@@ -130,8 +132,8 @@ def test_ctrl_c_writes_what_finished(tiny_npz, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "run", interrupted_after_one_epoch)
     out = tmp_path / "partial.json"
-    code = cli.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "3", "--json", str(out),
-                     "--plot", str(tmp_path / "partial.png"), *TINY])
+    code = cli.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--json", str(out),
+                     "--plot", str(tmp_path / "partial.png"), *ONE_EPOCH])
     assert code == cli.EXIT_INTERRUPTED
     payload = json.loads(out.read_text())
     assert payload["runs"][0]["status"] == "interrupted" and len(payload["runs"][0]["epochs"]) == 1
@@ -141,8 +143,7 @@ def test_ctrl_c_writes_what_finished(tiny_npz, tmp_path, monkeypatch):
 def test_xla_dump_then_report_lists_the_train_step_convolutions(tiny_npz, tmp_path):
 
     dump = tmp_path / "dump"
-    result = run_cli("--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "1", "--preset", "myrtle-resnet9",
-                     "--xla-dump", str(dump), *TINY)
+    result = run_cli("--data", tiny_npz, "--cache-dir", str(tmp_path), "--xla-dump", str(dump), *ONE_EPOCH)
     assert result.returncode == 0, result.stderr
     assert list(dump.glob("*jit_train_step*before_optimizations.txt"))
     assert list(dump.glob("*jit_train_step*after_optimizations.txt"))
@@ -155,15 +156,13 @@ def test_xla_dump_then_report_lists_the_train_step_convolutions(tiny_npz, tmp_pa
 
 def test_profile_writes_a_trace(tiny_npz, tmp_path):
     trace = tmp_path / "trace"
-    result = run_cli("--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "1", "--preset", "myrtle-resnet9",
-                     "--profile", str(trace), *TINY)
+    result = run_cli("--data", tiny_npz, "--cache-dir", str(tmp_path), "--profile", str(trace), *ONE_EPOCH)
     assert result.returncode == 0, result.stderr
     assert list(trace.rglob("*.xplane.pb"))
 
 
 def test_parallel_runs_match_the_same_seeds_run_one_by_one(tiny_npz, tmp_path, capsys):
-    common = ["--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "2", "--runs", "3", "--preset",
-              "myrtle-resnet9", "--train-subset", "384", "--test-subset", "150", *TINY]
+    common = ["--data", tiny_npz, "--cache-dir", str(tmp_path), "--runs", "3", *ONE_EPOCH]
     assert cli.main([*common, "--json", str(tmp_path / "alone.json")]) == 0
     assert cli.main([*common, "--parallel", "2", "--json", str(tmp_path / "grouped.json")]) == 0
     printed = capsys.readouterr().out
@@ -208,8 +207,7 @@ def test_a_group_too_large_for_memory_is_refused_naming_the_largest_that_fits(ti
         return per_run["bytes"]
 
     monkeypatch.setattr(group, "member_bytes", member_bytes)
-    code = cli.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "1", "--runs", "8",
-                     "--parallel", "8", "--preset", "myrtle-resnet9", "--train-subset", "384", *TINY])
+    code = cli.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--runs", "8", "--parallel", "8", *ONE_EPOCH])
     assert code == 2  # a flag that cannot be met, as the README says
     error = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: ")]
     assert len(error) == 1 and "8 runs at once (--parallel) need about" in error[0]
