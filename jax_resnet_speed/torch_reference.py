@@ -566,7 +566,7 @@ class Trainer:
         self.schedule = lr_schedule(recipe, steps_per_epoch)
         # Page's update form reads the schedule one step ahead (optim.nesterov_sgd).
         self.schedule_offset = 1 if recipe.optimiser.update == "page" else 0
-        # The EMA horizon stretches with the run's length, as in train.build_programs.
+        # The EMA horizon stretches with the run's length, as in train.steps.train_step.
         self.run_steps = recipe.run_steps(steps_per_epoch)
         self.ema_momentum = (recipe.ema_momentum_per_step(self.run_steps)
                              if recipe.optimiser.ema_momentum else None)
@@ -590,7 +590,7 @@ class Trainer:
             self.ema_model.load_state_dict(self.model.state_dict())
         self.optimizer = make_optimizer(self.model, self.recipe, self.steps_per_epoch)
         self.muon = make_muon(self.model, self.recipe, self.steps_per_epoch)
-        # Lookahead's slow copy starts as the initial weights (train.build_programs' init).
+        # Lookahead's slow copy starts as the initial weights (train.steps.init).
         self.slow = ({name: t.detach().clone() for name, t in averaged_named(self.model).items()}
                      if self.recipe.optimiser.lookahead_every else None)
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0 ** 15, growth_interval=1000,
