@@ -22,6 +22,7 @@ import textwrap
 from collections.abc import Sequence
 
 from jax_resnet_speed import cli, flags, install_hint, presets, report
+from jax_resnet_speed.report import files
 
 FORMAT = 1  # series.json's layout version
 JSON_NAME, MD_NAME, PNG_NAME = "series.json", "series.md", "series.png"
@@ -410,7 +411,7 @@ def write_png(path: str, series: dict, rows: Sequence[dict]) -> str | None:
     if smoke_line(series):
         title += "\n" + textwrap.fill(smoke_line(series), width=int(fig_width * 10))
     fig.suptitle(title)
-    report.write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=110), mode="wb")
+    files.write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=110), mode="wb")
     return None
 
 
@@ -418,9 +419,9 @@ def write_outputs(series: dict, names: Sequence[str], json_path: str, out: str) 
     """series.json (with the table), series.md and series.png. Returns the table's rows and the paths written."""
     rows = table_rows(series, names)
     series["table"] = rows
-    report.write_json(json_path, series)
+    files.write_json(json_path, series)
     md_path, png_path = os.path.join(out, MD_NAME), os.path.join(out, PNG_NAME)
-    report.write_atomically(md_path, lambda handle: handle.write(markdown(series, rows)))
+    files.write_atomically(md_path, lambda handle: handle.write(markdown(series, rows)))
     written = [json_path, md_path]
     note = write_png(png_path, series, rows)
     if note:
@@ -449,7 +450,7 @@ def run_series(args: argparse.Namespace, names: list[str], argv: Sequence[str]) 
     settings["precision"] = configs[names[0]].precision
     series = {"format": FORMAT, "title": f"--group {args.group}" if args.group else "--presets " + ",".join(names),
               "command": " ".join(["python -m jax_resnet_speed.series", shlex.join(argv)]), "updated": _now(),
-              "settings": settings, "environment": report.environment(), "runs": args.runs,
+              "settings": settings, "environment": files.environment(), "runs": args.runs,
               "selection": names, "smoke_reasons": [], "presets": {}, "table": []}
 
     def refuse(message: str) -> int:
@@ -505,7 +506,7 @@ def run_series(args: argparse.Namespace, names: list[str], argv: Sequence[str]) 
     def save() -> None:
         series["updated"] = _now()
         series["table"] = table_rows(series, names)
-        report.write_json(json_path, series)
+        files.write_json(json_path, series)
 
     seeds = [args.seed + index for index in range(args.runs)]
     interrupted = False

@@ -738,7 +738,7 @@ def run(trainer: Trainer, data: DeviceData, seed: int, on_epoch: Callable[[dict]
 # ------------------------------------------------------------------------ the command line
 
 def environment(device: torch.device, compiled: bool) -> dict:
-    """report.environment's keys that are not JAX's, for PyTorch."""
+    """report.files.environment's keys that are not JAX's, for PyTorch."""
     cuda = device.type == "cuda"
     return {"torch": torch.__version__, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if cuda else None, "compile": compiled, "backend": device.type,
