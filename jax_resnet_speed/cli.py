@@ -540,8 +540,8 @@ def prepare_group(config, dataset, size: int, seed: int, payload: dict) -> RunGr
 
 def list_presets() -> None:
     """The presets grouped by post, in the order of the series."""
-    for group, recipes in presets.GROUPS.items():
-        print(f"{group[0].upper()}{group[1:]}")
+    for post, recipes in presets.BY_POST.items():
+        print(f"{post[0].upper()}{post[1:]}")
         for recipe in recipes:
             default = " (default)" if recipe.name == presets.DEFAULT_PRESET else ""
             print(f"  {recipe.name}{default}: {recipe.description}")

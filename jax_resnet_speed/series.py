@@ -32,14 +32,14 @@ SETTING_FLAGS = ("seed", "epochs", "batch_size", "precision", "target", "train_s
 FULL_TRAIN, FULL_TEST = 50_000, 10_000  # CIFAR-10's sizes: fewer images make a smoke run
 
 
-# ------------------------------------------------------------------------------ groups
+# ------------------------------------------------------------------------------ selections
 
 def _post(post: str) -> tuple[presets.Recipe, ...]:
-    """The presets of presets.GROUPS' entry for `post` ("post 4")."""
-    for key, recipes in presets.GROUPS.items():
+    """The presets of presets.BY_POST's entry for `post` ("post 4")."""
+    for key, recipes in presets.BY_POST.items():
         if key.partition(":")[0].strip() == post:
             return recipes
-    raise KeyError(f"no group {post!r} in presets.GROUPS")
+    raise KeyError(f"no {post!r} in presets.BY_POST")
 
 
 def chain_from(first: str) -> list[str]:
@@ -51,8 +51,8 @@ def chain_from(first: str) -> list[str]:
     return names
 
 
-def series_groups() -> dict[str, list[str]]:
-    """The --group choices, derived from presets.GROUPS and presets.PREDECESSORS."""
+def selections() -> dict[str, list[str]]:
+    """The --group choices, derived from presets.BY_POST and presets.PREDECESSORS."""
     posts_1_to_3 = chain_from(_post("post 1")[0].name)  # posts 1 to 3 are one chain of changes
     post4 = chain_from(_post("post 4")[0].name)  # the architecture search, ending at ResNet-9
     post8 = chain_from(_post("post 8")[0].name)  # the ten steps (not myrtle-final, a copy of the last)
@@ -60,8 +60,9 @@ def series_groups() -> dict[str, list[str]]:
             "all": list(presets.PRESETS)}
 
 
-GROUPS = series_groups()
-GROUP_HELP = {
+# The named selections of presets --group chooses from ("group" alone means runs trained together: group.py).
+SELECTIONS = selections()
+SELECTION_HELP = {
     "post1-4": "post 1's baseline to post 3, then post 4's ResNet-9",
     "post4-arch": "post 4's architecture search (20-epoch trials), then ResNet-9",
     "post8": "post 8's ten steps",
@@ -78,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "Myrtle's published V100 times. Continues an earlier call with the same --out.",
         formatter_class=flags.HelpFormatter)
     choose = parser.add_mutually_exclusive_group(required=True)
-    choose.add_argument("--group", choices=list(GROUPS),
-                        help="; ".join(f"{name}: {GROUP_HELP.get(name, '')} ({len(names)} presets)"
-                                       for name, names in GROUPS.items()))
+    choose.add_argument("--group", choices=list(SELECTIONS),
+                        help="; ".join(f"{name}: {SELECTION_HELP.get(name, '')} ({len(names)} presets)"
+                                       for name, names in SELECTIONS.items()))
     choose.add_argument("--presets", metavar="A,B,...",
                         help="comma-separated preset names, in the order of the table "
                              "(python -m jax_resnet_speed.train --list-presets lists them)")
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 def selection(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
     """The presets to run, in table order (exits 2 on an unknown name)."""
     if args.group:
-        return list(GROUPS[args.group])
+        return list(SELECTIONS[args.group])
     names: list[str] = []
     for name in (n.strip() for n in args.presets.split(",")):
         if not name:
