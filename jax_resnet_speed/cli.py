@@ -421,7 +421,7 @@ def resume_point(args: argparse.Namespace, payload: dict, epochs: int) -> dict |
     finally:
         checkpoints.close()
     current = json.loads(json.dumps(payload["config"]))  # as the checkpoint stored it (tuples become lists)
-    saved = progress["config"]
+    saved = settings.upgrade_config_dict(progress["config"])  # a checkpoint written with flat recipes too
     differences = [name for name in report.config_differences(saved, current) if name != "data"]
     differences += [name for name in ("seed",) if saved.get(name) != current.get(name)]
     if differences:

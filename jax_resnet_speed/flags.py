@@ -194,7 +194,7 @@ def validate_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 def validate_batch_size(parser: argparse.ArgumentParser, recipe: presets.Recipe, batch_size: int | None) -> None:
     """Exit 2 when --batch-size does not split into the recipe's ghost batch-norm splits."""
     batch_size = batch_size if batch_size is not None else recipe.batch_size
-    splits = recipe.network.ghost_bn_splits
+    splits = recipe.network.batch_norm.ghost_splits
     if batch_size % splits:
         parser.error(f"--batch-size {batch_size} is not divisible by the {splits} ghost "
                      f"batch-norm splits of preset {recipe.name}; use a multiple of {splits}")

@@ -70,8 +70,9 @@ class GhostBatchNorm(nn.Module):
 
 def batch_norm(spec: NetworkSpec, train: bool, dtype: Any, name: str | None = None) -> GhostBatchNorm:
     """The recipe's batch norm; ghost splits apply only to training batches."""
-    return GhostBatchNorm(spec.ghost_bn_splits if train else 1, spec.bn_momentum, spec.bn_eps, spec.bn_scale_frozen,
-                          spec.bn_scale_init, jnp.float32 if spec.bn_fp32 else dtype, name=name)
+    bn = spec.batch_norm
+    return GhostBatchNorm(bn.ghost_splits if train else 1, bn.momentum, bn.eps, bn.scale_frozen, bn.scale_init,
+                          jnp.float32 if bn.fp32 else dtype, name=name)
 
 
 def activation(spec: NetworkSpec, x: jax.Array) -> jax.Array:
@@ -114,12 +115,12 @@ class ConvBlock(nn.Module):
         s = self.spec
         x = conv(self.features, self.kernel, self.stride, self.dtype, init=s.conv_init)(x)
         # Pooling before BN (Myrtle post 8) normalises 4x fewer activations.
-        if self.pool and s.pool_before_bn:
+        if self.pool and s.stages.pool_before_bn:
             x = nn.max_pool(x, (2, 2), (2, 2))
-        if s.batch_norm:
+        if s.batch_norm.enabled:
             x = batch_norm(s, train, self.dtype)(x, train)
         x = activation(s, x).astype(self.dtype)
-        if self.pool and not s.pool_before_bn:
+        if self.pool and not s.stages.pool_before_bn:
             x = nn.max_pool(x, (2, 2), (2, 2))
         return x
 
@@ -135,7 +136,7 @@ class Residual(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         branch = ConvBlock(self.features, self.spec, self.dtype)(x, train)
         branch = ConvBlock(self.features, self.spec, self.dtype)(branch, train)
-        return x + branch if self.spec.shortcut else branch
+        return x + branch if self.spec.stages.shortcut else branch
 
 
 class PreActBlock(nn.Module):
@@ -181,14 +182,14 @@ class Network(nn.Module):
         s, dtype = self.spec, self.dtype
         stem_width, *stage_widths = self.widths
         x = x.astype(dtype)
-        if s.stem == "whitening":
+        if s.stem.kind == "whitening":
             # Frozen PCA-whitening filters live in their own collection: never trained.
             filters = self.variable("constants", "whitening", jnp.zeros, (3, 3, 3, 27), jnp.float32)
             x = jax.lax.conv_general_dilated(
                 x, filters.value.astype(dtype), (1, 1), "SAME",
                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
             x = ConvBlock(stem_width, s, dtype, kernel=1, name="prep")(x, train)
-        elif s.stem == "whitening-bias":
+        elif s.stem.kind == "whitening-bias":
             # airbench: frozen whitening filters and their negations (so the activation after them
             # loses no direction), unpadded, plus a bias that trains for the first epochs only.
             filters = self.variable("constants", "whitening", jnp.zeros, whitening_shape(s), jnp.float32)
@@ -196,32 +197,34 @@ class Network(nn.Module):
                 x, filters.value.astype(dtype), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
             bias = self.param("whitening_bias", whitening_bias_init(s), (x.shape[-1],), jnp.float32)
             x = activation(s, x + bias.astype(dtype)).astype(dtype)
-        elif s.stem_bn:
+        elif s.stem.bn:
             x = ConvBlock(stem_width, s, dtype, name="prep")(x, train)
         else:
             x = conv(stem_width, 3, 1, dtype, "prep")(x)
-        for i, (width, downsamples, blocks) in enumerate(zip(stage_widths, s.downsamples, s.residual_blocks), 1):
-            if s.block == "pre-act":
+        stages = s.stages
+        layout = zip(stage_widths, stages.downsamples, stages.residual_blocks)
+        for i, (width, downsamples, blocks) in enumerate(layout, 1):
+            if stages.block == "pre-act":
                 for j in range(blocks):
                     stride = 2 if downsamples and j == 0 else 1
                     x = PreActBlock(width, s, dtype, stride, name=f"layer{i}_{j + 1}")(x, train)
                 continue
-            pool = downsamples and s.downsample == "maxpool"
+            pool = downsamples and stages.downsample == "maxpool"
             stride = 2 if downsamples and not pool else 1
-            kernel = 1 if s.downsample == "conv1x1" else 3
+            kernel = 1 if stages.downsample == "conv1x1" else 3
             x = ConvBlock(width, s, dtype, pool=pool, kernel=kernel, stride=stride, name=f"layer{i}")(x, train)
-            for j in range(2, s.stage_convs + 1):
+            for j in range(2, stages.convs + 1):
                 x = ConvBlock(width, s, dtype, name=f"layer{i}_conv{j}")(x, train)
             for j in range(blocks):
                 x = Residual(width, s, dtype, name=f"res{i}" if j == 0 else f"res{i}_{j + 1}")(x, train)
         features = jnp.max(x, axis=(1, 2))
-        if s.pool == "avg+max":
+        if s.head.pool == "avg+max":
             features = jnp.concatenate([jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(dtype), features], -1)
         bound = 1 / np.sqrt(features.shape[-1])  # PyTorch's bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-        head_init = unit_std(torch_default_init) if s.head_init == "unit-std" else torch_default_init
-        x = nn.Dense(self.num_classes, use_bias=s.head_bias, dtype=dtype, kernel_init=head_init,
+        head_init = unit_std(torch_default_init) if s.head.init == "unit-std" else torch_default_init
+        x = nn.Dense(self.num_classes, use_bias=s.head.bias, dtype=dtype, kernel_init=head_init,
                      bias_init=uniform_init(bound), name="classifier")(features)
-        return x.astype(jnp.float32) * s.logit_scale
+        return x.astype(jnp.float32) * s.head.logit_scale
 
 
 def for_recipe(recipe: Recipe, width_mult: float = 1.0, dtype: Any = jnp.float32) -> Network:
@@ -248,21 +251,21 @@ def unit_std(init: Callable) -> Callable:
 
 def whitening_bias_init(spec: NetworkSpec) -> Callable:
     """The whitening stem's bias init: zeros, or PyTorch's conv default over its 3 k k inputs."""
-    if spec.whitening_bias_init == "torch":
-        return uniform_init(1 / np.sqrt(3 * spec.whitening_kernel ** 2))
+    if spec.stem.bias_init == "torch":
+        return uniform_init(1 / np.sqrt(3 * spec.stem.whitening_kernel ** 2))
     return nn.initializers.zeros
 
 
 def whitening_shape(spec: NetworkSpec) -> tuple[int, int, int, int]:
     """HWIO shape of the frozen whitening filters: one per patch dimension, and their negations for airbench's."""
-    k = spec.whitening_kernel
-    return (k, k, 3, (2 if spec.stem == "whitening-bias" else 1) * k * k * 3)
+    k = spec.stem.whitening_kernel
+    return (k, k, 3, (2 if spec.stem.kind == "whitening-bias" else 1) * k * k * 3)
 
 
 def whitening_filters(spec: NetworkSpec, images: jax.Array) -> jax.Array:
     """The stem's frozen filters from normalised NHWC training images (the recipe's first few thousand)."""
-    filters = patch_whitening_filters(images, spec.whitening_eps, spec.whitening_kernel)
-    return jnp.concatenate([filters, -filters], axis=-1) if spec.stem == "whitening-bias" else filters
+    filters = patch_whitening_filters(images, spec.stem.whitening_eps, spec.stem.whitening_kernel)
+    return jnp.concatenate([filters, -filters], axis=-1) if spec.stem.kind == "whitening-bias" else filters
 
 
 def patch_whitening_filters(images: jax.Array, eps: float, kernel: int = 3) -> jax.Array:

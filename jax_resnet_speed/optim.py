@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from jax_resnet_speed import muon as muon_lib
-from jax_resnet_speed.presets import Recipe
+from jax_resnet_speed.presets import UNTRAINED_WHITENING_BIAS, Recipe, WhiteningBias
 
 
 def lr_schedule(recipe: Recipe, steps_per_epoch: int) -> optax.Schedule:
@@ -87,7 +87,7 @@ def make_optimizer(recipe: Recipe, schedule: optax.Schedule, batch_size: int,
     BN biases get lr x bn_bias_lr_mult and wd x bn_bias_wd_mult. `hyper` (default: the
     recipe's) may hold traced values; the optimiser state does not depend on them.
     airbench's whitening bias is a group of its own (its schedule needs `steps_per_epoch`), and
-    a recipe with muon_lr trains the conv filters with Muon (muon.py).
+    a recipe with `optimiser.muon` trains the conv filters with Muon (muon.py).
     """
     o = recipe.optimiser
     if hyper is None:
@@ -98,28 +98,28 @@ def make_optimizer(recipe: Recipe, schedule: optax.Schedule, batch_size: int,
                             hyper.weight_decay * batch_size * wd_mult, hyper.momentum, o.nesterov, o.update)
 
     groups = {"weights": sgd(1.0, 1.0), "bn_bias": sgd(o.bn_bias_lr_mult, o.bn_bias_wd_mult)}
-    if recipe.network.stem == "whitening-bias":
-        groups["whitening_bias"] = sgd(o.whitening_bias_lr_mult, o.whitening_bias_wd_mult,
-                                       whitening_bias_schedule(recipe, schedule, steps_per_epoch))
-    if o.muon_lr:
-        # Muon's lr follows the shape of the run's schedule, from muon_lr at its peak.
+    if recipe.network.stem.kind == "whitening-bias":
+        bias = o.whitening_bias or UNTRAINED_WHITENING_BIAS
+        groups["whitening_bias"] = sgd(bias.lr_mult, bias.wd_mult,
+                                       whitening_bias_schedule(bias, schedule, steps_per_epoch))
+    if muon := o.muon:
+        # Muon's lr follows the shape of the run's schedule, from muon.lr at its peak.
         peak = max(lr for _, lr in o.lr_knots)
-        groups["filters"] = muon_lib.muon(lambda step: o.muon_lr * hyper.lr_scale * schedule(step) / peak,
-                                          o.muon_momentum, o.muon_nesterov, o.muon_ns_steps, o.muon_ns_dtype)
-    return optax.multi_transform(groups, lambda params: param_groups(params, muon=bool(o.muon_lr)))
+        groups["filters"] = muon_lib.muon(lambda step: muon.lr * hyper.lr_scale * schedule(step) / peak,
+                                          muon.momentum, muon.nesterov, muon.ns_steps, muon.ns_dtype)
+    return optax.multi_transform(groups, lambda params: param_groups(params, muon=o.muon is not None))
 
 
-def whitening_bias_schedule(recipe: Recipe, schedule: optax.Schedule, steps_per_epoch: int) -> optax.Schedule:
-    """The whitening bias's lr: it trains for the first whitening_bias_epochs only, the run's lr
-    until then ("cut", airbench94) or the run's initial lr decaying linearly to 0 ("linear",
-    airbench94_muon). Past them the lr is 0, which with coupled decay freezes the bias exactly."""
-    o = recipe.optimiser
-    steps = math.ceil(o.whitening_bias_epochs * steps_per_epoch)
-    if o.whitening_bias_decay == "cut":
+def whitening_bias_schedule(bias: WhiteningBias, schedule: optax.Schedule, steps_per_epoch: int) -> optax.Schedule:
+    """The whitening bias's lr: it trains for the first `bias.epochs` only, the run's lr until then
+    ("cut", airbench94) or the run's initial lr decaying linearly to 0 ("linear", airbench94_muon).
+    Past them the lr is 0, which with coupled decay freezes the bias exactly."""
+    steps = math.ceil(bias.epochs * steps_per_epoch)
+    if bias.decay == "cut":
         return lambda step: jnp.where(step < steps, schedule(step), 0.0)
-    if o.whitening_bias_decay == "linear":
+    if bias.decay == "linear":
         return lambda step: schedule(0) * jnp.clip(1 - step / steps, 0.0, 1.0)
-    raise ValueError(f"unknown whitening bias decay {o.whitening_bias_decay!r}; use 'cut' or 'linear'")
+    raise ValueError(f"unknown whitening bias decay {bias.decay!r}; use 'cut' or 'linear'")
 
 
 def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:

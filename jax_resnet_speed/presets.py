@@ -1,8 +1,10 @@
 """Recipes as plain data: every step of Myrtle AI's "How to Train Your ResNet" series.
 
 A recipe is everything that defines a training run except the data and the seed, grouped by
-concern: the network's shape, the optimiser, the data pipeline, evaluation and timing. Numbers
-follow David Page's posts and notebooks (2018); see docs/recipe.md and docs/series.md.
+concern: the network's shape, the optimiser, the data pipeline, evaluation and timing. The
+network and the optimiser are nested further, by part (stem, stages, batch norm, head) and by
+trick (EMA, whitening bias, lookahead, Muon: None when off). Numbers follow David Page's posts
+and notebooks (2018); see docs/recipe.md and docs/series.md.
 
 Learning rates and weight decay are quoted the way Myrtle quotes them: the loss is summed
 over the batch, the learning rate is divided by the batch size and the weight decay
@@ -11,14 +13,74 @@ depend on the batch size.
 
 Each preset after the first of its post is written as its predecessor plus one declared
 change (`Step.changes`, dotted field names), so a table row and its recipe cannot drift apart.
+Recipes written before the nesting (result JSONs, checkpoints) used flat names such as
+`optimiser.ema_momentum`; `FLAT_NAMES` maps them to today's paths, for `Recipe.replace` and
+`upgrade_recipe_dict`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Mapping
 from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Stem:
+    """The layer before the stages."""
+
+    # "conv": 3x3 conv; "whitening": frozen 3x3 PCA-whitening conv, then a learnable 1x1;
+    # "whitening-bias" (airbench): frozen `whitening_kernel`-square whitening filters and their
+    # negations, unpadded, with a learnable bias, then the activation (widths[0] is theirs: 2 k k 3).
+    kind: str = "conv"
+    bn: bool = True  # BN and activation after the stem (a pre-activation net's first block has its own)
+    whitening_eps: float = 1e-2
+    whitening_images: int = 10_000
+    whitening_kernel: int = 3
+    # The "whitening-bias" stem's bias at init: "zeros" (airbench's own Conv class zeroes it), or
+    # "torch": PyTorch's default draw U(-1/sqrt(3 k k), 1/sqrt(3 k k)) (airbench94_muon's plain
+    # nn.Conv2d, whose reset re-draws the bias while the whitening init writes only the weight).
+    bias_init: str = "zeros"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stages:
+    """How each stage is built; their widths are `Network.widths[1:]`."""
+
+    # "post-act": conv -> BN -> act units (Myrtle); "pre-act": BN -> act -> conv basic blocks
+    # with 1x1 projection shortcuts (the DAWNBench ResNet-18).
+    block: str = "post-act"
+    downsamples: tuple[bool, ...] = (True, True, True)  # which stages halve the resolution
+    # How a stage halves it: "maxpool" (3x3 conv, then 2x2 max-pool), "conv3x3" or "conv1x1"
+    # (a stride-2 conv).
+    downsample: str = "maxpool"
+    # Residual blocks per stage. Post-act: blocks of two conv units after the stage's conv;
+    # pre-act: the stage's basic blocks, the first of which downsamples.
+    residual_blocks: tuple[int, ...] = (1, 0, 1)
+    convs: int = 1  # post-act conv units per stage before its residual blocks; the first one pools
+    shortcut: bool = True  # post-act residual blocks add their input back; False chains them (post 7)
+    pool_before_bn: bool = False  # conv -> pool -> BN -> act instead of conv -> BN -> act -> pool
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchNorm:
+    enabled: bool = True  # False: post-act units are conv -> act, with no normalisation (post 7)
+    ghost_splits: int = 1  # statistics over this many splits of each training batch (ghost batch norm)
+    scale_frozen: bool = False
+    scale_init: str = "ones"  # "ones", or "uniform": PyTorch 0.4's U(0, 1), which the early posts ran with
+    fp32: bool = True  # BN in float32; False runs it in the compute precision (posts 1-2)
+    momentum: float = 0.1  # PyTorch convention: new = (1 - m) * old + m * batch
+    eps: float = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    init: str = "torch"  # "torch", or "unit-std": PyTorch's draw divided by its own std (airbench94_muon)
+    pool: str = "max"  # global pooling: "max", or "avg+max" (both, concatenated)
+    bias: bool = False
+    logit_scale: float = 0.125
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,56 +92,82 @@ class Network:
     blocks (two conv-BN-ReLU, added back) after stages 1 and 3, global max-pool, linear head.
     """
 
-    # Stem. "conv": 3x3 conv; "whitening": frozen 3x3 PCA-whitening conv, then a learnable 1x1;
-    # "whitening-bias" (airbench): frozen `whitening_kernel`-square whitening filters and their
-    # negations, unpadded, with a learnable bias, then the activation (widths[0] is theirs: 2 k k 3).
-    stem: str = "conv"
-    stem_bn: bool = True  # BN and activation after the stem (a pre-activation net's first block has its own)
-    whitening_eps: float = 1e-2
-    whitening_images: int = 10_000
-    whitening_kernel: int = 3
-    # The "whitening-bias" stem's bias at init: "zeros" (airbench's own Conv class zeroes it), or
-    # "torch": PyTorch's default draw U(-1/sqrt(3 k k), 1/sqrt(3 k k)) (airbench94_muon's plain
-    # nn.Conv2d, whose reset re-draws the bias while the whitening init writes only the weight).
-    whitening_bias_init: str = "zeros"
-    # Stages: widths[0] is the stem's, then one width per stage.
-    widths: tuple[int, ...] = (64, 128, 256, 512)
-    # "post-act": conv -> BN -> act units (Myrtle); "pre-act": BN -> act -> conv basic blocks
-    # with 1x1 projection shortcuts (the DAWNBench ResNet-18).
-    block: str = "post-act"
-    downsamples: tuple[bool, ...] = (True, True, True)  # which stages halve the resolution
-    # How a stage halves it: "maxpool" (3x3 conv, then 2x2 max-pool), "conv3x3" or "conv1x1"
-    # (a stride-2 conv).
-    downsample: str = "maxpool"
-    # Residual blocks per stage. Post-act: blocks of two conv units after the stage's conv;
-    # pre-act: the stage's basic blocks, the first of which downsamples.
-    residual_blocks: tuple[int, ...] = (1, 0, 1)
-    stage_convs: int = 1  # post-act conv units per stage before its residual blocks; the first one pools
-    shortcut: bool = True  # post-act residual blocks add their input back; False chains them (post 7)
-    pool_before_bn: bool = False  # conv -> pool -> BN -> act instead of conv -> BN -> act -> pool
+    widths: tuple[int, ...] = (64, 128, 256, 512)  # widths[0] is the stem's, then one width per stage
     activation: str = "relu"  # "relu", "celu" or "gelu" (exact, erf-based, as torch.nn.GELU)
     celu_alpha: float = 0.3
-    # Batch norm.
-    batch_norm: bool = True  # False: post-act units are conv -> act, with no normalisation (post 7)
-    ghost_bn_splits: int = 1
-    bn_scale_frozen: bool = False
-    bn_scale_init: str = "ones"  # "ones", or "uniform": PyTorch 0.4's U(0, 1), which the early posts ran with
-    bn_fp32: bool = True  # BN in float32; False runs it in the compute precision (posts 1-2)
-    bn_momentum: float = 0.1  # PyTorch convention: new = (1 - m) * old + m * batch
-    bn_eps: float = 1e-5
-    # "torch": PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)); "dirac": the same, then the
-    # first C_in filters set to the identity (airbench), so each conv starts by passing its input on.
+    # Every conv's init. "torch": PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)); "dirac": the
+    # same, then the first C_in filters set to the identity (airbench), so each conv starts by passing
+    # its input on.
     conv_init: str = "torch"
-    # Head.
-    head_init: str = "torch"  # "torch", or "unit-std": PyTorch's draw divided by its own std (airbench94_muon)
-    pool: str = "max"  # global pooling: "max", or "avg+max" (both, concatenated)
-    head_bias: bool = False
-    logit_scale: float = 0.125
+    stem: Stem = Stem()
+    stages: Stages = Stages()
+    batch_norm: BatchNorm = BatchNorm()
+    head: Head = Head()
+
+
+@dataclasses.dataclass(frozen=True)
+class Ema:
+    """Exponential moving average of the weights (and BN statistics), evaluated in place of the live weights.
+
+    `momentum` is per step in a run of `run_steps` steps (the recipe's own run on the full
+    dataset); a shorter or longer run stretches the EMA's horizon with it, as it stretches the lr
+    schedule. The update runs every `every` steps with (per-step momentum) ** every.
+    """
+
+    momentum: float = 0.99
+    run_steps: int = 970
+    every: int = 5
+
+    def momentum_per_step(self, run_steps: int) -> float:
+        """The per-step momentum for a run of `run_steps` steps: the same horizon as a fraction of the run."""
+        return self.momentum ** (self.run_steps / run_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class WhiteningBias:
+    """The "whitening-bias" stem's bias trains for its first `epochs` epochs only, with its own multipliers.
+
+    "cut": the run's lr until then, 0 after; "linear": the run's initial lr decaying linearly to 0
+    over those epochs (airbench94_muon). Without this sub-recipe the bias keeps its init.
+    """
+
+    epochs: float = 3.0
+    decay: str = "cut"
+    lr_mult: float = 1.0
+    wd_mult: float = 1.0
+
+
+# How a "whitening-bias" stem's bias trains without `optimiser.whitening_bias`: for no epoch (it keeps its init).
+UNTRAINED_WHITENING_BIAS = WhiteningBias(epochs=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Lookahead:
+    """airbench94's lookahead: every `every` steps the slow copy of the weights and BN statistics
+    moves towards the live ones by 1 - alpha, alpha = decay ** every x (t / T) ** 3, and the live
+    ones restart from it; after the last step the live ones become the slow ones."""
+
+    every: int = 5
+    decay: float = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class Muon:
+    """Muon (airbench94_muon) on the conv filters: Nesterov momentum on raw gradients, the update
+    orthogonalised by `ns_steps` quintic Newton-Schulz iterations in `ns_dtype`, each filter
+    renormalised to norm sqrt(out channels) before its step; its lr follows the shape of the run's
+    schedule (lr_knots / their peak), from `lr` at the peak. No weight decay."""
+
+    lr: float = 0.24
+    momentum: float = 0.6
+    nesterov: bool = True
+    ns_steps: int = 3
+    ns_dtype: str = "bf16"
 
 
 @dataclasses.dataclass(frozen=True)
 class Optimiser:
-    """SGD with Nesterov momentum over a piecewise-linear one-cycle schedule, and the EMA."""
+    """SGD with Nesterov momentum over a piecewise-linear one-cycle schedule, and the tricks around it."""
 
     epochs: float  # the run is ceil(epochs x steps per epoch) steps: 9.9 epochs end inside the tenth
     # Piecewise-linear learning rate: (epoch, lr) knots for a run of `epochs` epochs. A run
@@ -97,35 +185,14 @@ class Optimiser:
     bn_bias_lr_mult: float = 1.0
     bn_bias_wd_mult: float = 1.0
     label_smoothing: float = 0.0
-    # Exponential moving average of the weights (and BN statistics), evaluated in place of
-    # the live weights. `ema_momentum` is per step in a run of `ema_run_steps` steps (the
-    # recipe's own run on the full dataset); a shorter or longer run stretches the EMA's
-    # horizon with it, as it stretches the lr schedule. The update runs every `ema_every`
-    # steps with (per-step momentum) ** ema_every.
-    ema_momentum: float | None = None
-    ema_run_steps: int = 970
-    ema_every: int = 5
-    # The whitening stem's bias (stem "whitening-bias") trains for its first `whitening_bias_epochs`
-    # epochs only, with its own multipliers. "cut": the run's lr until then, 0 after; "linear": the
-    # run's initial lr decaying linearly to 0 over those epochs (airbench94_muon).
-    whitening_bias_epochs: float = 0.0
-    whitening_bias_decay: str = "cut"
-    whitening_bias_lr_mult: float = 1.0
-    whitening_bias_wd_mult: float = 1.0
-    # Lookahead (airbench94): every `lookahead_every` steps the slow copy of the weights and BN
-    # statistics moves towards the live ones by 1 - alpha, alpha = decay ** every x (t / T) ** 3,
-    # and the live ones restart from it; after the last step the live ones become the slow ones.
-    lookahead_every: int = 0  # 0: no lookahead
-    lookahead_decay: float = 0.95
-    # Muon (airbench94_muon) on the conv filters, when muon_lr > 0: Nesterov momentum on raw
-    # gradients, the update orthogonalised by `muon_ns_steps` quintic Newton-Schulz iterations in
-    # `muon_ns_dtype`, each filter renormalised to norm sqrt(out channels) before its step; its lr
-    # follows the shape of the run's schedule (lr_knots / their peak). No weight decay.
-    muon_lr: float = 0.0
-    muon_momentum: float = 0.6
-    muon_nesterov: bool = True
-    muon_ns_steps: int = 3
-    muon_ns_dtype: str = "bf16"
+    # The tricks, each None when off.
+    ema: Ema | None = None
+    whitening_bias: WhiteningBias | None = None
+    lookahead: Lookahead | None = None
+    muon: Muon | None = None
+
+
+TRICKS = tuple(field.name for field in dataclasses.fields(Optimiser) if field.default is None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,15 +255,15 @@ class Recipe:
         return self.data.batch_size
 
     def replace(self, **changes: Any) -> "Recipe":
-        """A copy with fields replaced by dotted name: `recipe.replace(**{"data.cutout": 0})`."""
+        """A copy with fields replaced by dotted path, of any depth: `replace(**{"optimiser.ema.momentum": 0.99})`.
+
+        Setting a field of a trick that is off (None) turns it on, its other fields at their
+        defaults. A flat name of the recipes before the nesting (FLAT_NAMES) names its field today.
+        """
         recipe = self
-        for path, value in changes.items():
-            group, _, field = path.rpartition(".")
-            if not group:
-                recipe = dataclasses.replace(recipe, **{field: value})
-            else:
-                changed = dataclasses.replace(getattr(recipe, group), **{field: value})
-                recipe = dataclasses.replace(recipe, **{group: changed})
+        for name, value in changes.items():
+            path, value = current_path(name, value)
+            recipe = _replaced(recipe, path.split("."), value)
         return recipe
 
     def with_epochs(self, epochs: float) -> "Recipe":
@@ -205,20 +272,132 @@ class Recipe:
         knots = tuple((epoch * stretch, lr) for epoch, lr in self.optimiser.lr_knots)
         return self.replace(**{"optimiser.epochs": epochs, "optimiser.lr_knots": knots})
 
-    def ema_momentum_per_step(self, run_steps: int) -> float:
-        """The per-step EMA momentum for a run of `run_steps` steps: the same horizon as a fraction of the run."""
-        o = self.optimiser
-        return o.ema_momentum ** (o.ema_run_steps / run_steps)
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def training_fields(self) -> dict[str, Any]:
-        """Every field that changes what is trained, flattened to dotted names (no names, no published numbers)."""
-        return {f"{group}.{field}": value
-                for group in ("network", "optimiser", "data", "evaluation")
-                for field, value in dataclasses.asdict(getattr(self, group)).items()} | {
-                    "timing.target": self.timing.target}
+        """Every field that changes what is trained, flattened to dotted paths (no names, no published numbers).
+
+        A trick that is off is its path alone, to None (`"optimiser.ema": None`).
+        """
+        fields = {}
+        for group in ("network", "optimiser", "data", "evaluation"):
+            fields |= _flattened(getattr(self, group), group)
+        return fields | {"timing.target": self.timing.target}
+
+
+def _flattened(value: Any, path: str) -> dict[str, Any]:
+    if not dataclasses.is_dataclass(value):
+        return {path: value}
+    return {name: item for field in dataclasses.fields(value)
+            for name, item in _flattened(getattr(value, field.name), f"{path}.{field.name}").items()}
+
+
+def _replaced(record: Any, names: list[str], value: Any) -> Any:
+    """`record` with the field at the path `names` set to `value`; a trick on the way that is off starts
+    from its defaults."""
+    name, *rest = names
+    if name not in {field.name for field in dataclasses.fields(record)}:
+        raise TypeError(f"{type(record).__name__} has no field {name!r}")
+    if not rest:
+        return dataclasses.replace(record, **{name: value})
+    inner = getattr(record, name)
+    if inner is None:
+        inner = next(kind for kind in typing.get_args(typing.get_type_hints(type(record))[name])
+                     if kind is not type(None))()
+    return dataclasses.replace(record, **{name: _replaced(inner, rest, value)})
+
+
+# ------------------------------------------------------------------ recipes written flat
+# Before the network and the optimiser were nested, their fields were flat; result JSONs and
+# checkpoints written then hold those names. Each flat name, to its path today (network.widths,
+# activation, celu_alpha and conv_init kept theirs).
+FLAT_NAMES: dict[str, str] = {
+    "network.stem": "network.stem.kind",
+    "network.stem_bn": "network.stem.bn",
+    "network.whitening_eps": "network.stem.whitening_eps",
+    "network.whitening_images": "network.stem.whitening_images",
+    "network.whitening_kernel": "network.stem.whitening_kernel",
+    "network.whitening_bias_init": "network.stem.bias_init",
+    "network.block": "network.stages.block",
+    "network.downsamples": "network.stages.downsamples",
+    "network.downsample": "network.stages.downsample",
+    "network.residual_blocks": "network.stages.residual_blocks",
+    "network.stage_convs": "network.stages.convs",
+    "network.shortcut": "network.stages.shortcut",
+    "network.pool_before_bn": "network.stages.pool_before_bn",
+    "network.batch_norm": "network.batch_norm.enabled",
+    "network.ghost_bn_splits": "network.batch_norm.ghost_splits",
+    "network.bn_scale_frozen": "network.batch_norm.scale_frozen",
+    "network.bn_scale_init": "network.batch_norm.scale_init",
+    "network.bn_fp32": "network.batch_norm.fp32",
+    "network.bn_momentum": "network.batch_norm.momentum",
+    "network.bn_eps": "network.batch_norm.eps",
+    "network.head_init": "network.head.init",
+    "network.pool": "network.head.pool",
+    "network.head_bias": "network.head.bias",
+    "network.logit_scale": "network.head.logit_scale",
+    "optimiser.ema_momentum": "optimiser.ema.momentum",
+    "optimiser.ema_run_steps": "optimiser.ema.run_steps",
+    "optimiser.ema_every": "optimiser.ema.every",
+    "optimiser.whitening_bias_epochs": "optimiser.whitening_bias.epochs",
+    "optimiser.whitening_bias_decay": "optimiser.whitening_bias.decay",
+    "optimiser.whitening_bias_lr_mult": "optimiser.whitening_bias.lr_mult",
+    "optimiser.whitening_bias_wd_mult": "optimiser.whitening_bias.wd_mult",
+    "optimiser.lookahead_every": "optimiser.lookahead.every",
+    "optimiser.lookahead_decay": "optimiser.lookahead.decay",
+    "optimiser.muon_lr": "optimiser.muon.lr",
+    "optimiser.muon_momentum": "optimiser.muon.momentum",
+    "optimiser.muon_nesterov": "optimiser.muon.nesterov",
+    "optimiser.muon_ns_steps": "optimiser.muon.ns_steps",
+    "optimiser.muon_ns_dtype": "optimiser.muon.ns_dtype",
+}
+# A flat trick was off at this value of its switch; today it is None.
+FLAT_OFF: dict[str, Any] = {"optimiser.ema_momentum": None, "optimiser.whitening_bias_epochs": 0.0,
+                            "optimiser.lookahead_every": 0, "optimiser.muon_lr": 0.0}
+
+
+def current_path(name: str, value: Any) -> tuple[str, Any]:
+    """The path and value today of a dotted name as `Recipe.replace` takes it, flat or nested.
+
+    A flat switch at its off value turns its trick off (`"optimiser.lookahead_every": 0` is
+    `"optimiser.lookahead": None`). Where a flat name is a group's today ("network.stem",
+    "network.batch_norm"), a plain value is the flat field's and a group replaces the group.
+    """
+    if name not in FLAT_NAMES or dataclasses.is_dataclass(value):
+        return name, value
+    if name in FLAT_OFF and value == FLAT_OFF[name]:
+        return FLAT_NAMES[name].rpartition(".")[0], None
+    return FLAT_NAMES[name], value
+
+
+def upgrade_recipe_dict(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """A recipe's dict (`Recipe.to_dict`, or its JSON) in today's shape; one written flat is moved by FLAT_NAMES.
+
+    A flat trick whose switch is off, or missing (a file older than the trick), becomes None, and
+    so does a trick missing from a nested dict. A dict written today comes back equal.
+    """
+    upgraded = {group: dict(section) if isinstance(section, Mapping) else section for group, section in recipe.items()}
+    moved = {}
+    for name in FLAT_NAMES:
+        group, field = name.split(".")
+        section = upgraded.get(group)
+        if isinstance(section, dict) and field in section and not isinstance(section[field], Mapping):
+            moved[name] = section.pop(field)
+    for name, value in moved.items():
+        *parents, field = FLAT_NAMES[name].split(".")
+        section = upgraded
+        for parent in parents:
+            section = section.setdefault(parent, {})
+        section[field] = value
+    for switch, off in FLAT_OFF.items():
+        group, trick = FLAT_NAMES[switch].split(".")[:2]
+        if moved and moved.get(switch, off) == off and isinstance(upgraded.get(group), dict):
+            upgraded[group][trick] = None
+    if isinstance(optimiser := upgraded.get("optimiser"), dict):
+        for trick in TRICKS:
+            optimiser.setdefault(trick, None)  # a recipe written before the trick existed ran without it
+    return upgraded
 
 
 def one_cycle(epochs: float, peak_epoch: float, peak: float, *tail: tuple[float, float]) -> tuple:
@@ -241,7 +420,7 @@ class Step:
     name: str
     change: str  # the series table's "change" column
     description: str
-    changes: Mapping[str, Any]  # dotted field name -> new value
+    changes: Mapping[str, Any]  # dotted path (Recipe.replace) -> new value
     published_seconds: float
     published_accuracy: float | None = None
 
@@ -260,10 +439,11 @@ def chain(start: Recipe, steps: tuple[Step, ...]) -> list[Recipe]:
 
 # The DAWNBench pre-activation ResNet-18 variant that post 1 starts from.
 PREACT_RESNET18 = Network(
-    stem_bn=False,  # Myrtle dropped the stem's BN-ReLU: the first block applies its own
-    widths=(64, 64, 128, 256, 256), block="pre-act", downsamples=(False, True, True, True),
-    downsample="conv3x3", residual_blocks=(2, 2, 2, 2),
-    bn_scale_init="uniform", bn_fp32=False, pool="avg+max", head_bias=True, logit_scale=1.0)
+    widths=(64, 64, 128, 256, 256),
+    stem=Stem(bn=False),  # Myrtle dropped the stem's BN-ReLU: the first block applies its own
+    stages=Stages(block="pre-act", downsamples=(False, True, True, True), downsample="conv3x3",
+                  residual_blocks=(2, 2, 2, 2)),
+    batch_norm=BatchNorm(scale_init="uniform", fp32=False), head=Head(pool="avg+max", bias=True, logit_scale=1.0))
 
 POST1_BASELINE = Recipe(
     name="post1-baseline",
@@ -282,7 +462,7 @@ POST1_TO_3 = (
          {"data.batch_size": 512, "optimiser.lr_knots": ((0, 0.0), (15, 0.44), (30, 0.005), (35, 0.0))}, 256),
     Step("post3-fp32-bn", "BN in fp32",
          "Myrtle post 3: batch norm in float32 (the fp16 BN path was slow) (186 s)",
-         {"network.bn_fp32": True}, 186),
+         {"network.batch_norm.fp32": True}, 186),
     Step("post3-cutout", "cutout 8x8, 30 epochs",
          "Myrtle post 3: 8x8 cutout, 30 epochs, lr 0 -> 0.4 at epoch 8 -> 0 (161 s, 94.15%)",
          {"data.cutout": 8, "optimiser.epochs": 30, "optimiser.lr_knots": one_cycle(30, 8, 0.4)}, 161),
@@ -299,8 +479,8 @@ POST4_ARCH_1 = Recipe(
     description="Myrtle post 4: the ResNet-18 backbone with its residual branches removed, leaving "
                 "stride-2 1x1 shortcut convs; 20 epochs (36 s, 55.9%)",
     change="backbone: shortcuts only (1x1 stride-2 convs)",
-    network=Network(widths=(64, 128, 256, 256), downsample="conv1x1", residual_blocks=(0, 0, 0),
-                    bn_scale_init="uniform", pool="avg+max", head_bias=True, logit_scale=1.0),
+    network=Network(widths=(64, 128, 256, 256), stages=Stages(downsample="conv1x1", residual_blocks=(0, 0, 0)),
+                    batch_norm=BatchNorm(scale_init="uniform"), head=Head(pool="avg+max", bias=True, logit_scale=1.0)),
     optimiser=Optimiser(epochs=20, lr_knots=one_cycle(20, 4, 0.4), update="page"),
     data=Data(batch_size=512, cutout=8),
     timing=Timing(published_seconds=36, published_accuracy=0.559),
@@ -309,19 +489,19 @@ POST4_ARCH_1 = Recipe(
 POST4_ARCH = (
     Step("post4-arch-2-conv3x3", "3x3 downsampling convs",
          "Myrtle post 4: stride-2 3x3 convs instead of 1x1 (36 s, 85.6%)",
-         {"network.downsample": "conv3x3"}, 36, 0.856),
+         {"network.stages.downsample": "conv3x3"}, 36, 0.856),
     Step("post4-arch-3-maxpool", "3x3 conv + max-pool",
          "Myrtle post 4: stride-1 3x3 conv, then 2x2 max-pool (43 s, 89.7%)",
-         {"network.downsample": "maxpool"}, 43, 0.897),
+         {"network.stages.downsample": "maxpool"}, 43, 0.897),
     Step("post4-arch-4-width512", "width 512, global max-pool",
          "Myrtle post 4: last stage 512 wide, global max-pool only, linear head without bias (47 s, 90.7%)",
-         {"network.widths": (64, 128, 256, 512), "network.pool": "max", "network.head_bias": False}, 47, 0.907),
+         {"network.widths": (64, 128, 256, 512), "network.head.pool": "max", "network.head.bias": False}, 47, 0.907),
     Step("post4-arch-5-bn-scale", "BN scale init 1, logits x 0.125",
          "Myrtle post 4: BN scales start at 1 (not PyTorch 0.4's uniform draw), logits scaled by 0.125 (47 s, 91.1%)",
-         {"network.bn_scale_init": "ones", "network.logit_scale": 0.125}, 47, 0.911),
+         {"network.batch_norm.scale_init": "ones", "network.head.logit_scale": 0.125}, 47, 0.911),
     Step("post4-arch-6-residual", "residual blocks on layers 1 and 3",
          "Myrtle post 4: residual branches after stages 1 and 3: ResNet-9, 20 epochs (66 s, 93.7%)",
-         {"network.residual_blocks": (1, 0, 1)}, 66, 0.937),
+         {"network.stages.residual_blocks": (1, 0, 1)}, 66, 0.937),
     Step("myrtle-resnet9", "24 epochs",
          "Myrtle post 4: ResNet-9, 24 epochs, cutout 8x8 (79 s on a V100)",
          {"optimiser.epochs": 24, "optimiser.lr_knots": one_cycle(24, 5, 0.4)}, 79),
@@ -347,7 +527,8 @@ POST8 = (
          {}, 70),
     Step("post8-03-pool-before-bn", "move max-pool",
          "Myrtle post 8, step 3: conv -> pool -> BN -> act, 25 epochs (64 s)",
-         {"network.pool_before_bn": True, "optimiser.epochs": 25, "optimiser.lr_knots": one_cycle(25, 5, 0.4)}, 64),
+         {"network.stages.pool_before_bn": True, "optimiser.epochs": 25,
+          "optimiser.lr_knots": one_cycle(25, 5, 0.4)}, 64),
     Step("post8-04-label-smoothing", "label smoothing 0.2",
          "Myrtle post 8, step 4: label smoothing 0.2, 23 epochs (59 s)",
          {"optimiser.label_smoothing": 0.2, "optimiser.epochs": 23, "optimiser.lr_knots": one_cycle(23, 4.6, 0.4)},
@@ -358,27 +539,29 @@ POST8 = (
           "optimiser.lr_knots": one_cycle(20, 4, 0.4)}, 52),
     Step("post8-06-ghost-bn", "ghost batch norm",
          "Myrtle post 8, step 6: BN statistics over 16 splits of 32 images, peak lr 0.6, 18 epochs (46 s)",
-         {"network.ghost_bn_splits": 16, "optimiser.epochs": 18, "optimiser.lr_knots": one_cycle(18, 3.6, 0.6)}, 46),
+         {"network.batch_norm.ghost_splits": 16, "optimiser.epochs": 18,
+          "optimiser.lr_knots": one_cycle(18, 3.6, 0.6)}, 46),
     Step("post8-07-frozen-bn-scale", "frozen BN scales",
          "Myrtle post 8, step 7: BN scales fixed at 1, CELU alpha 0.3, logits x 1/16, BN biases lr x64 and "
          "wd /64, 17 epochs (43 s)",
-         {"network.bn_scale_frozen": True, "network.celu_alpha": 0.3, "network.logit_scale": 1 / 16,
+         {"network.batch_norm.scale_frozen": True, "network.celu_alpha": 0.3, "network.head.logit_scale": 1 / 16,
           "optimiser.bn_bias_lr_mult": 64.0, "optimiser.bn_bias_wd_mult": 1 / 64, "optimiser.epochs": 17,
           "optimiser.lr_knots": one_cycle(17, 3.4, 0.6)}, 43),
     Step("post8-08-whitening", "input patch whitening",
          "Myrtle post 8, step 8: frozen 3x3 PCA whitening, then a 1x1 conv; peak lr 1.0, cutout 5x5, "
          "14 epochs (36 s)",
-         {"network.stem": "whitening", "data.cutout": 5, "optimiser.epochs": 14,
+         {"network.stem.kind": "whitening", "data.cutout": 5, "optimiser.epochs": 14,
           "optimiser.lr_knots": one_cycle(14, 2.8, 1.0)}, 36),
     Step("post8-09-ema", "EMA",
          "Myrtle post 8, step 9: EMA of the weights (0.99 every 5 steps), evaluated; lr held at 0.1 for the "
          "last 2 epochs; 13 epochs (33.5 s)",
-         {"optimiser.ema_momentum": 0.99, "optimiser.ema_run_steps": 13 * FULL_EPOCH_STEPS,
-          "optimiser.epochs": 13, "optimiser.lr_knots": one_cycle(13, 2.6, 1.0, (11, 0.1), (13, 0.1))}, 33.5),
+         {"optimiser.ema": Ema(momentum=0.99, run_steps=13 * FULL_EPOCH_STEPS, every=5), "optimiser.epochs": 13,
+          "optimiser.lr_knots": one_cycle(13, 2.6, 1.0, (11, 0.1), (13, 0.1))}, 33.5),
     Step("post8-10-tta", "test-time augmentation",
          "Myrtle post 8, step 10: flip TTA, cutout removed, 10 epochs: the final recipe (26 s)",
          {"evaluation.tta": True, "data.cutout": 0, "optimiser.epochs": 10,
-          "optimiser.ema_run_steps": 10 * FULL_EPOCH_STEPS, "optimiser.lr_knots": one_cycle(10, 2, 1.0, (8, 0.1), (10, 0.1))}, 26),
+          "optimiser.ema.run_steps": 10 * FULL_EPOCH_STEPS,
+          "optimiser.lr_knots": one_cycle(10, 2, 1.0, (8, 0.1), (10, 0.1))}, 26),
 )
 
 # The two headline recipes, written in full: the chains above must arrive at them exactly
@@ -397,11 +580,11 @@ MYRTLE_FINAL = Recipe(
     name="myrtle-final",
     description="Myrtle post 8 'bag of tricks': whitening, ghost BN, CELU, EMA, TTA, 10 epochs (26 s on a V100)",
     change="test-time augmentation",
-    network=Network(stem="whitening", pool_before_bn=True, activation="celu", celu_alpha=0.3, ghost_bn_splits=16,
-                    bn_scale_frozen=True, logit_scale=1 / 16),
+    network=Network(activation="celu", celu_alpha=0.3, stem=Stem(kind="whitening"), stages=Stages(pool_before_bn=True),
+                    batch_norm=BatchNorm(ghost_splits=16, scale_frozen=True), head=Head(logit_scale=1 / 16)),
     optimiser=Optimiser(epochs=10, lr_knots=((0, 0.0), (2, 1.0), (8, 0.1), (10, 0.1)), update="page",
                         bn_bias_lr_mult=64.0, bn_bias_wd_mult=1 / 64, label_smoothing=0.2,
-                        ema_momentum=0.99, ema_run_steps=10 * FULL_EPOCH_STEPS, ema_every=5),
+                        ema=Ema(momentum=0.99, run_steps=10 * FULL_EPOCH_STEPS, every=5)),
     data=Data(batch_size=512, cutout=0),
     evaluation=Evaluation(tta=True),
     timing=Timing(published_seconds=26),
@@ -414,12 +597,13 @@ MYRTLE_FINAL = Recipe(
 # weight_decay `w` at batch B is written as lr l x B and weight decay w / B.
 
 AIRBENCH_NETWORK = Network(
-    stem="whitening-bias", whitening_kernel=2, whitening_eps=5e-4, whitening_images=5_000,
-    widths=(24, 64, 256, 256), residual_blocks=(0, 0, 0), stage_convs=2, pool_before_bn=True,
-    activation="gelu", conv_init="dirac", bn_scale_frozen=True, bn_momentum=0.4, bn_eps=1e-12,
+    widths=(24, 64, 256, 256), activation="gelu", conv_init="dirac",
+    stem=Stem(kind="whitening-bias", whitening_kernel=2, whitening_eps=5e-4, whitening_images=5_000),
+    stages=Stages(residual_blocks=(0, 0, 0), convs=2, pool_before_bn=True),
+    batch_norm=BatchNorm(scale_frozen=True, momentum=0.4, eps=1e-12),
     # The whitening conv is unpadded (31 x 31), so the last stage is 3 x 3: airbench's max-pool 3
     # is the global max-pool.
-    logit_scale=1 / 9)
+    head=Head(logit_scale=1 / 9))
 
 # airbench94 quotes lr 11.5 and weight decay 0.0153 "per 1024 examples, decoupled": torch.optim.SGD
 # gets lr = 11.5 / K and weight_decay = 0.0153 x B / 11.5 with K = 1024 (1 + 1 / (1 - momentum)).
@@ -440,8 +624,8 @@ AIRBENCH94 = Recipe(
                   (AIRBENCH94_EPOCHS, 0.07 * AIRBENCH94_PEAK_LR)),
         momentum=AIRBENCH94_MOMENTUM, weight_decay=0.0153 / 11.5, update="torch",
         bn_bias_lr_mult=64.0, bn_bias_wd_mult=1 / 64,  # BN biases: lr x 64, the same absolute decay
-        label_smoothing=0.2, whitening_bias_epochs=3, whitening_bias_decay="cut",
-        lookahead_every=5, lookahead_decay=0.95),
+        label_smoothing=0.2, whitening_bias=WhiteningBias(epochs=3, decay="cut"),
+        lookahead=Lookahead(every=5, decay=0.95)),
     data=Data(batch_size=1024, crop_padding=2, alternating_flip=True),
     evaluation=Evaluation(tta=True, tta_shift=1),
     timing=Timing(published_seconds=3.83, published_device="A100", rule="airbench"),
@@ -459,8 +643,8 @@ AIRBENCH94_MUON = Recipe(
     name="airbench94-muon",
     description="airbench94_muon (Keller Jordan): the airbench94 net, Muon on the conv filters, 8 epochs of "
                 "batch 2000, no lookahead (2.59 s on an A100)",
-    network=dataclasses.replace(AIRBENCH_NETWORK, head_init="unit-std", logit_scale=1 / 256,
-                                whitening_bias_init="torch"),
+    network=dataclasses.replace(AIRBENCH_NETWORK, stem=dataclasses.replace(AIRBENCH_NETWORK.stem, bias_init="torch"),
+                                head=dataclasses.replace(AIRBENCH_NETWORK.head, init="unit-std", logit_scale=1 / 256)),
     optimiser=Optimiser(
         epochs=AIRBENCH_MUON_EPOCHS,
         lr_knots=((0, AIRBENCH_MUON_HEAD_LR * AIRBENCH_MUON_BATCH), (AIRBENCH_MUON_EPOCHS, 0.0)),
@@ -468,10 +652,10 @@ AIRBENCH94_MUON = Recipe(
         weight_decay=2e-6 * AIRBENCH_MUON_BATCH / AIRBENCH_MUON_HEAD_LR / AIRBENCH_MUON_BATCH,
         bn_bias_lr_mult=AIRBENCH_MUON_BIAS_LR / AIRBENCH_MUON_HEAD_LR,
         bn_bias_wd_mult=AIRBENCH_MUON_HEAD_LR / AIRBENCH_MUON_BIAS_LR,
-        label_smoothing=0.2, whitening_bias_epochs=3, whitening_bias_decay="linear",
-        whitening_bias_lr_mult=AIRBENCH_MUON_BIAS_LR / AIRBENCH_MUON_HEAD_LR,
-        whitening_bias_wd_mult=AIRBENCH_MUON_HEAD_LR / AIRBENCH_MUON_BIAS_LR,
-        muon_lr=0.24, muon_momentum=0.6, muon_nesterov=True, muon_ns_steps=3, muon_ns_dtype="bf16"),
+        label_smoothing=0.2,
+        whitening_bias=WhiteningBias(epochs=3, decay="linear", lr_mult=AIRBENCH_MUON_BIAS_LR / AIRBENCH_MUON_HEAD_LR,
+                                     wd_mult=AIRBENCH_MUON_HEAD_LR / AIRBENCH_MUON_BIAS_LR),
+        muon=Muon(lr=0.24, momentum=0.6, nesterov=True, ns_steps=3, ns_dtype="bf16")),
     data=Data(batch_size=AIRBENCH_MUON_BATCH, crop_padding=2, alternating_flip=True),
     evaluation=Evaluation(tta=True, tta_shift=1),
     timing=Timing(published_seconds=2.59, published_device="A100", rule="airbench"),

@@ -171,9 +171,15 @@ def trained_fields(recipe: dict) -> dict:
 
 
 def recipe_differences(stored: dict, current: dict) -> list[str]:
-    """Fields (in both) where a stored recipe and the current one differ."""
-    old, new = trained_fields(stored), trained_fields(json.loads(json.dumps(current)))
-    return [key for key in new if key in old and old[key] != new[key]]
+    """Fields (in both) where a stored recipe (flat ones upgraded) and the current one differ.
+
+    A trick switched on or off (its fields on one side, its name to None on the other) is named once.
+    """
+    old = trained_fields(presets.upgrade_recipe_dict(stored))
+    new = trained_fields(json.loads(json.dumps(current)))
+    switched = {trick for key in old.keys() ^ new.keys()
+                if (trick := key.rpartition(".")[0]) in old.keys() | new.keys()}
+    return [key for key in new if key in old and old[key] != new[key]] + sorted(switched)
 
 
 # ------------------------------------------------------------------------------ the table

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jax_resnet_speed.presets import Network, Recipe
+from jax_resnet_speed.presets import Network, Recipe, upgrade_recipe_dict
 
 PRECISIONS = ("bf16", "fp16", "fp32")  # compute precisions; parameters and BN statistics stay fp32
 IMAGE_SIZE = 32
@@ -35,6 +35,12 @@ class RunConfig:
                 "loop": self.loop, "devices": self.devices}
 
 
+def upgrade_config_dict(config: dict) -> dict:
+    """A run's config as a result JSON or checkpoint stored it, its recipe in today's shape (a flat one nested)."""
+    recipe = config.get("recipe")
+    return {**config, "recipe": upgrade_recipe_dict(recipe)} if isinstance(recipe, dict) else config
+
+
 def epoch_steps(recipe: Recipe, steps_per_epoch: int) -> list[int]:
     """The steps of each epoch of a run: whole epochs, then what is left of a fractional one."""
     total = recipe.run_steps(steps_per_epoch)
@@ -44,4 +50,4 @@ def epoch_steps(recipe: Recipe, steps_per_epoch: int) -> list[int]:
 def scaled_widths(spec: Network, width_mult: float) -> tuple[int, ...]:
     """Every width x width_mult; airbench's whitening stem keeps its width, set by its patch size."""
     widths = tuple(max(1, round(w * width_mult)) for w in spec.widths)
-    return (spec.widths[0], *widths[1:]) if spec.stem == "whitening-bias" else widths
+    return (spec.widths[0], *widths[1:]) if spec.stem.kind == "whitening-bias" else widths

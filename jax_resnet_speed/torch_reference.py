@@ -36,7 +36,7 @@ except ImportError as error:
 
 from jax_resnet_speed import cli, flags, loop, settings
 from jax_resnet_speed.data import DataError, Dataset
-from jax_resnet_speed.presets import Data, Network as NetworkSpec, Recipe
+from jax_resnet_speed.presets import UNTRAINED_WHITENING_BIAS, Data, Network as NetworkSpec, Recipe, WhiteningBias
 from jax_resnet_speed.settings import EVAL_BATCH, IMAGE_SIZE, RunConfig
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -50,18 +50,19 @@ class GhostBatchNorm(nn.Module):
     Each slice is normalised with its own mean and biased variance; the running statistics
     (float32) move towards the mean over slices of the slice means and unbiased variances.
     It runs in float32, or in the compute dtype where the network asks for that
-    (`bn_fp32=False`, posts 1-2); parameters and running statistics stay float32.
+    (`batch_norm.fp32=False`, posts 1-2); parameters and running statistics stay float32.
     """
 
     def __init__(self, channels: int, spec: NetworkSpec, dtype: torch.dtype):
         super().__init__()
-        self.splits, self.momentum, self.eps = spec.ghost_bn_splits, spec.bn_momentum, spec.bn_eps
-        self.dtype = torch.float32 if spec.bn_fp32 else dtype
-        if spec.bn_scale_frozen:
+        bn = spec.batch_norm
+        self.splits, self.momentum, self.eps = bn.ghost_splits, bn.momentum, bn.eps
+        self.dtype = torch.float32 if bn.fp32 else dtype
+        if bn.scale_frozen:
             self.weight = None
         else:
             # "uniform": PyTorch 0.4's U(0, 1) draw, which the early posts ran with.
-            scale = torch.rand(channels) if spec.bn_scale_init == "uniform" else torch.ones(channels)
+            scale = torch.rand(channels) if bn.scale_init == "uniform" else torch.ones(channels)
             self.weight = nn.Parameter(scale)
         self.bias = nn.Parameter(torch.zeros(channels))
         self.register_buffer("running_mean", torch.zeros(channels))
@@ -115,8 +116,8 @@ class ConvBlock(nn.Module):
         self.conv = conv(in_channels, out_channels, kernel, stride, spec.conv_init)
         self.bn = GhostBatchNorm(out_channels, spec, dtype)
         self.act = activation(spec)
-        self.pool_first = pool and spec.pool_before_bn
-        self.pool_last = pool and not spec.pool_before_bn
+        self.pool_first = pool and spec.stages.pool_before_bn
+        self.pool_last = pool and not spec.stages.pool_before_bn
         self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +171,7 @@ class Network(nn.Module):
     """model.Network in PyTorch: every network of the series, built from the same presets.Network.
 
     The modules and their names are the Flax ones: the stem `prep` (a ConvBlock, or a bare conv
-    without `stem_bn`), stage i's post-activation conv `layer{i}` and its residual blocks
+    without `stem.bn`), stage i's post-activation conv `layer{i}` and its residual blocks
     `res{i}`, `res{i}_2`, ..., or its pre-activation blocks `layer{i}_1`, `layer{i}_2`, ...;
     the head `classifier`. Inside them Flax's Conv_0 is `conv`, GhostBatchNorm_0 `bn`, a
     residual block's ConvBlock_0 and ConvBlock_1 `block0` and `block1`.
@@ -181,47 +182,49 @@ class Network(nn.Module):
         super().__init__()
         stem_width, *stage_widths = widths
         self.spec = spec
-        if spec.stem == "whitening":
+        if spec.stem.kind == "whitening":
             # Frozen (27, 3, 3, 3) filters: a buffer, so neither trained nor averaged.
             self.register_buffer("whitening", torch.as_tensor(whitening, dtype=torch.float32))
             self.prep = ConvBlock(27, stem_width, spec, dtype, kernel=1)
-        elif spec.stem == "whitening-bias":
+        elif spec.stem.kind == "whitening-bias":
             # airbench: frozen (24, 3, 2, 2) filters and their negations, unpadded, and a learnable bias.
             self.register_buffer("whitening", torch.as_tensor(whitening, dtype=torch.float32))
             self.whitening_bias = nn.Parameter(torch.zeros(stem_width))
-            if spec.whitening_bias_init == "torch":  # nn.Conv2d's default bias draw over 3 k k inputs
-                bound = 1 / math.sqrt(3 * spec.whitening_kernel ** 2)
+            if spec.stem.bias_init == "torch":  # nn.Conv2d's default bias draw over 3 k k inputs
+                bound = 1 / math.sqrt(3 * spec.stem.whitening_kernel ** 2)
                 nn.init.uniform_(self.whitening_bias, -bound, bound)
             self.prep = activation(spec)
         else:
             self.register_buffer("whitening", None)
-            self.prep = ConvBlock(3, stem_width, spec, dtype) if spec.stem_bn else conv(3, stem_width, 3)
+            self.prep = ConvBlock(3, stem_width, spec, dtype) if spec.stem.bn else conv(3, stem_width, 3)
         self.body: list[str] = []  # the names of the modules after the stem, in order
         channels = stem_width
-        for i, (width, downsamples, blocks) in enumerate(zip(stage_widths, spec.downsamples, spec.residual_blocks), 1):
-            if spec.block == "pre-act":
+        stages = spec.stages
+        layout = zip(stage_widths, stages.downsamples, stages.residual_blocks)
+        for i, (width, downsamples, blocks) in enumerate(layout, 1):
+            if stages.block == "pre-act":
                 for j in range(blocks):
                     stride = 2 if downsamples and j == 0 else 1
                     self._add(f"layer{i}_{j + 1}", PreActBlock(channels, width, spec, dtype, stride))
                     channels = width
                 continue
-            pool = downsamples and spec.downsample == "maxpool"
+            pool = downsamples and stages.downsample == "maxpool"
             stride = 2 if downsamples and not pool else 1
-            kernel = 1 if spec.downsample == "conv1x1" else 3
+            kernel = 1 if stages.downsample == "conv1x1" else 3
             self._add(f"layer{i}", ConvBlock(channels, width, spec, dtype, pool=pool, kernel=kernel, stride=stride))
             channels = width
-            for j in range(2, spec.stage_convs + 1):
+            for j in range(2, stages.convs + 1):
                 self._add(f"layer{i}_conv{j}", ConvBlock(width, width, spec, dtype))
             for j in range(blocks):
                 self._add(f"res{i}" if j == 0 else f"res{i}_{j + 1}", Residual(width, spec, dtype))
-        self.avg_and_max = spec.pool == "avg+max"
+        self.avg_and_max = spec.head.pool == "avg+max"
         features = 2 * channels if self.avg_and_max else channels
         # PyTorch's default init is model.py's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the weight and the bias.
-        self.classifier = nn.Linear(features, num_classes, bias=spec.head_bias)
-        if spec.head_init == "unit-std":
+        self.classifier = nn.Linear(features, num_classes, bias=spec.head.bias)
+        if spec.head.init == "unit-std":
             with torch.no_grad():
                 self.classifier.weight /= self.classifier.weight.std(correction=0)
-        self.logit_scale = spec.logit_scale
+        self.logit_scale = spec.head.logit_scale
         self.dtype = dtype
 
     def _add(self, name: str, module: nn.Module) -> None:
@@ -229,7 +232,7 @@ class Network(nn.Module):
         self.body.append(name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.spec.stem == "whitening-bias":
+        if self.spec.stem.kind == "whitening-bias":
             x = F.conv2d(x, self.whitening.to(x.dtype), self.whitening_bias.to(x.dtype))
         elif self.whitening is not None:
             x = F.conv2d(x, self.whitening, padding=1)
@@ -267,13 +270,13 @@ def patch_whitening_filters(images: np.ndarray, eps: float, chunk: int = 500) ->
 def whitening_filters(dataset: Dataset, recipe: Recipe) -> np.ndarray | None:
     """The recipe's frozen whitening filters from the first training images, normalised as on the device."""
     spec = recipe.network
-    if spec.stem not in ("whitening", "whitening-bias"):
+    if spec.stem.kind not in ("whitening", "whitening-bias"):
         return None
-    sample = dataset.train_images[:spec.whitening_images].astype(np.float32) / 255.0
-    if spec.stem == "whitening-bias":
+    sample = dataset.train_images[:spec.stem.whitening_images].astype(np.float32) / 255.0
+    if spec.stem.kind == "whitening-bias":
         images = torch.from_numpy((sample - dataset.mean) / dataset.std).permute(0, 3, 1, 2)
         return airbench_whitening(images, spec).numpy()
-    return patch_whitening_filters((sample - dataset.mean) / dataset.std, spec.whitening_eps)
+    return patch_whitening_filters((sample - dataset.mean) / dataset.std, spec.stem.whitening_eps)
 
 
 def airbench_whitening(images: torch.Tensor, spec: NetworkSpec) -> torch.Tensor:
@@ -281,11 +284,11 @@ def airbench_whitening(images: torch.Tensor, spec: NetworkSpec) -> torch.Tensor:
     (2 k k 3, 3, k, k) OIHW filters, the eigen-filters of the (not re-centred) k x k patch
     covariance and their negations. Each pair may come out swapped relative to JAX's (eigenvectors
     have no sign); the bias after them starts at zero or at i.i.d. draws, so that does not matter."""
-    k = spec.whitening_kernel
+    k = spec.stem.whitening_kernel
     patches = F.unfold(images.float(), k).transpose(1, 2).reshape(-1, 3 * k * k)  # (c, kh, kw) order
     covariance = patches.T @ patches / (len(patches) - 1)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-    bank = eigenvectors.T.flip(0) / torch.sqrt(eigenvalues.flip(0) + spec.whitening_eps)[:, None]  # largest first
+    bank = eigenvectors.T.flip(0) / torch.sqrt(eigenvalues.flip(0) + spec.stem.whitening_eps)[:, None]  # largest first
     filters = bank.reshape(-1, 3, k, k)
     return torch.cat([filters, -filters])
 
@@ -468,15 +471,15 @@ def make_optimizer(net: nn.Module, recipe: Recipe, steps_per_epoch: int = 1) -> 
     o = recipe.optimiser
     wd = o.weight_decay * recipe.data.batch_size
     schedule = lr_schedule(recipe, steps_per_epoch)
-    named = [(name, p) for name, p in net.named_parameters() if not (o.muon_lr and p.ndim == 4)]
+    named = [(name, p) for name, p in net.named_parameters() if not (o.muon and p.ndim == 4)]
     groups = [{"params": [p for name, p in named if not is_bn_bias(name) and name != "whitening_bias"],
                "weight_decay": wd, "lr_mult": 1.0, "schedule": schedule},
               {"params": [p for name, p in named if is_bn_bias(name)], "weight_decay": wd * o.bn_bias_wd_mult,
                "lr_mult": o.bn_bias_lr_mult, "schedule": schedule}]
-    if recipe.network.stem == "whitening-bias":
-        groups.append({"params": [net.whitening_bias], "weight_decay": wd * o.whitening_bias_wd_mult,
-                       "lr_mult": o.whitening_bias_lr_mult,
-                       "schedule": whitening_bias_schedule(recipe, schedule, steps_per_epoch)})
+    if recipe.network.stem.kind == "whitening-bias":
+        bias = o.whitening_bias or UNTRAINED_WHITENING_BIAS
+        groups.append({"params": [net.whitening_bias], "weight_decay": wd * bias.wd_mult, "lr_mult": bias.lr_mult,
+                       "schedule": whitening_bias_schedule(bias, schedule, steps_per_epoch)})
     if o.update == "torch":
         return torch.optim.SGD(groups, lr=0.0, momentum=o.momentum, nesterov=o.nesterov)
     if o.update == "page":
@@ -484,13 +487,12 @@ def make_optimizer(net: nn.Module, recipe: Recipe, steps_per_epoch: int = 1) -> 
     raise ValueError(f"unknown update form {o.update!r}; use 'torch' or 'page'")
 
 
-def whitening_bias_schedule(recipe: Recipe, schedule: Callable[[int], float],
+def whitening_bias_schedule(bias: WhiteningBias, schedule: Callable[[int], float],
                             steps_per_epoch: int) -> Callable[[int], float]:
-    """optim.whitening_bias_schedule: the run's lr until whitening_bias_epochs ("cut"), or its
-    initial lr decaying linearly to 0 by then ("linear"); 0 after."""
-    o = recipe.optimiser
-    steps = math.ceil(o.whitening_bias_epochs * steps_per_epoch)
-    if o.whitening_bias_decay == "cut":
+    """optim.whitening_bias_schedule: the run's lr until `bias.epochs` ("cut"), or its initial lr
+    decaying linearly to 0 by then ("linear"); 0 after."""
+    steps = math.ceil(bias.epochs * steps_per_epoch)
+    if bias.decay == "cut":
         return lambda step: schedule(step) if step < steps else 0.0
     return lambda step: schedule(0) * min(max(1 - step / steps, 0.0), 1.0)
 
@@ -498,13 +500,13 @@ def whitening_bias_schedule(recipe: Recipe, schedule: Callable[[int], float],
 def make_muon(net: nn.Module, recipe: Recipe, steps_per_epoch: int = 1) -> Muon | None:
     """Muon on the 4-D conv filters when the recipe asks for it, its lr following the schedule's shape."""
     o = recipe.optimiser
-    if not o.muon_lr:
+    if not (spec := o.muon):
         return None
     schedule, peak = lr_schedule(recipe, steps_per_epoch), max(lr for _, lr in o.lr_knots)
     filters = [p for p in net.parameters() if p.ndim == 4]
-    muon = Muon([{"params": filters, "lr_mult": o.muon_lr / peak * recipe.data.batch_size, "schedule": schedule}],
-                lr=0.0, momentum=o.muon_momentum, nesterov=o.muon_nesterov, ns_steps=o.muon_ns_steps,
-                ns_dtype=DTYPES[o.muon_ns_dtype])
+    muon = Muon([{"params": filters, "lr_mult": spec.lr / peak * recipe.data.batch_size, "schedule": schedule}],
+                lr=0.0, momentum=spec.momentum, nesterov=spec.nesterov, ns_steps=spec.ns_steps,
+                ns_dtype=DTYPES[spec.ns_dtype])
     return muon
 
 
@@ -568,11 +570,10 @@ class Trainer:
         self.schedule_offset = 1 if recipe.optimiser.update == "page" else 0
         # The EMA horizon stretches with the run's length, as in train.steps.train_step.
         self.run_steps = recipe.run_steps(steps_per_epoch)
-        self.ema_momentum = (recipe.ema_momentum_per_step(self.run_steps)
-                             if recipe.optimiser.ema_momentum else None)
+        ema = recipe.optimiser.ema
+        self.ema_momentum = ema.momentum_per_step(self.run_steps) if ema else None
         self.model = self._fresh_model(seed=0)
-        self.ema_model = (copy.deepcopy(self.model).eval().requires_grad_(False)
-                          if recipe.optimiser.ema_momentum else None)
+        self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False) if ema else None
         self.net = torch.compile(self.model) if compile_model else self.model
         self.eval_net = torch.compile(self.ema_model) if compile_model and self.ema_model else self.ema_model
         self.reset(seed=0)
@@ -592,7 +593,7 @@ class Trainer:
         self.muon = make_muon(self.model, self.recipe, self.steps_per_epoch)
         # Lookahead's slow copy starts as the initial weights (train.steps.init).
         self.slow = ({name: t.detach().clone() for name, t in averaged_named(self.model).items()}
-                     if self.recipe.optimiser.lookahead_every else None)
+                     if self.recipe.optimiser.lookahead else None)
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0 ** 15, growth_interval=1000,
                                            enabled=self.config.precision == "fp16")
         self.generator = torch.Generator(self.device).manual_seed(seed)
@@ -624,10 +625,10 @@ class Trainer:
         self.scaler.update()
         if self.ema_model is not None:
             ema_update(averaged_tensors(self.ema_model), averaged_tensors(self.model), self.step,
-                       self.ema_momentum, o.ema_every)
+                       self.ema_momentum, o.ema.every)
         if self.slow is not None:
             lookahead_update(self.slow, averaged_named(self.model), self.step + 1, self.run_steps,
-                             o.lookahead_decay, o.lookahead_every)
+                             o.lookahead.decay, o.lookahead.every)
         self.totals += torch.stack([loss.detach(), (logits.argmax(-1) == labels).sum().float()])
         self.examples += len(labels)
         self.step += 1
@@ -678,7 +679,7 @@ class Trainer:
         """airbench's stem: its filters again from the device's first training images (airbench_whitening),
         so that a run under airbench's rule has them on its clock."""
         spec, pad = self.recipe.network, self.recipe.data.crop_padding
-        images = data.train_padded[:spec.whitening_images, :, pad:pad + IMAGE_SIZE, pad:pad + IMAGE_SIZE]
+        images = data.train_padded[:spec.stem.whitening_images, :, pad:pad + IMAGE_SIZE, pad:pad + IMAGE_SIZE]
         self.model.whitening.copy_(airbench_whitening(images, spec))
 
     def synchronize(self) -> None:
@@ -707,7 +708,7 @@ class Engine:
     def init(self) -> None:
         """Under airbench's rule, the whitening filters again, so that the clock covers them."""
         recipe = self.trainer.recipe
-        if recipe.timing.rule == "airbench" and recipe.network.stem == "whitening-bias":
+        if recipe.timing.rule == "airbench" and recipe.network.stem.kind == "whitening-bias":
             self.trainer.recompute_whitening(self.data)
             self.trainer.synchronize()
 

@@ -64,14 +64,14 @@ def jax_pieces(recipe: presets.Recipe, width_mult: float, images: np.ndarray, la
                                                    train=True, mutable=["batch_stats"]))
     gradient = jax.jit(jax.grad(loss))
     optimizer = optim.make_optimizer(recipe, programs.schedule, aug.batch_size, state.hyper)
-    ema_momentum = recipe.ema_momentum_per_step(steps * opt.epochs)
+    ema_momentum = opt.ema.momentum_per_step(steps * opt.epochs)
 
     @jax.jit
     def opt_ema(params, opt_state, ema, batch_stats, grads, step):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         live = {"params": params, "batch_stats": batch_stats}
-        return params, opt_state, optim.ema_update(ema, live, step, ema_momentum, opt.ema_every)
+        return params, opt_state, optim.ema_update(ema, live, step, ema_momentum, opt.ema.every)
 
     grads = gradient(state.params, state.batch_stats, state.constants, x, y)
     train_step = jax.jit(programs.train_step, donate_argnums=0)
@@ -96,8 +96,8 @@ def torch_pieces(recipe: presets.Recipe, width_mult: float, images: np.ndarray, 
     config = train.RunConfig(recipe, "fp32", width_mult)
     fmt = torch.channels_last
     normalised = (images.astype(np.float32) / 255.0 - 0.5) / 0.25
-    whitening = (torch_reference.patch_whitening_filters(normalised, recipe.network.whitening_eps)
-                 if recipe.network.stem == "whitening" else None)
+    whitening = (torch_reference.patch_whitening_filters(normalised, recipe.network.stem.whitening_eps)
+                 if recipe.network.stem.kind == "whitening" else None)
     pad = recipe.data.crop_padding
     padded = torch.from_numpy(normalised).permute(0, 3, 1, 2)
     padded = F.pad(padded, (pad,) * 4, mode="reflect").contiguous(memory_format=fmt)
@@ -122,7 +122,7 @@ def torch_pieces(recipe: presets.Recipe, width_mult: float, images: np.ndarray, 
         trainer.optimizer.step()
         torch_reference.ema_update(torch_reference.averaged_tensors(trainer.ema_model),
                                    torch_reference.averaged_tensors(trainer.model), trainer.step,
-                                   trainer.ema_momentum, o.ema_every)
+                                   trainer.ema_momentum, o.ema.every)
 
     def step():
         batch = torch_reference.augment(padded, idx, recipe.data, trainer.generator, fmt)

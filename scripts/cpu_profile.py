@@ -105,8 +105,8 @@ def torch_profile(recipe: presets.Recipe, width_mult: float, images: np.ndarray,
     config = train.RunConfig(recipe, "fp32", width_mult)
     fmt = torch.channels_last
     normalised = (images.astype(np.float32) / 255.0 - 0.5) / 0.25
-    whitening = (torch_reference.patch_whitening_filters(normalised, recipe.network.whitening_eps)
-                 if recipe.network.stem == "whitening" else None)
+    whitening = (torch_reference.patch_whitening_filters(normalised, recipe.network.stem.whitening_eps)
+                 if recipe.network.stem.kind == "whitening" else None)
     trainer = torch_reference.Trainer(config, torch.device("cpu"), whitening, 1, memory_format=fmt)
     batch = recipe.data.batch_size
     x = torch.from_numpy(normalised[:batch]).permute(0, 3, 1, 2).contiguous(memory_format=fmt)

@@ -39,7 +39,7 @@ def test_unbranched_nets_have_eight_convs_and_frozen_or_no_batch_norm():
     assert len(bn) == 8 and all(p[-1] == "bias" for p in bn)  # scales frozen: biases only, one per conv unit
     recipe = batch_norm.stress_recipe(batch_norm=True)
     assert recipe.optimiser.bn_bias_lr_mult == 0 and recipe.optimiser.bn_bias_wd_mult == 0
-    assert not recipe.network.shortcut
+    assert not recipe.network.stages.shortcut
 
 
 def test_he_initialised_scales_the_conv_kernels_only():

@@ -136,15 +136,17 @@ def test_avg_max_head_concatenates_both_pools():
     features = np.concatenate([last.mean(axis=(1, 2)), last.max(axis=(1, 2))], -1)
     head = variables["params"]["classifier"]
     expected = features @ np.asarray(head["kernel"]) + np.asarray(head["bias"])
-    np.testing.assert_allclose(net.apply(variables, x, train=False), expected * spec.logit_scale, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.apply(variables, x, train=False), expected * spec.head.logit_scale,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_bn_in_the_compute_precision_when_asked():
     spec = presets.get_preset("post1-baseline").network
-    assert not spec.bn_fp32
+    assert not spec.batch_norm.fp32
     x = jnp.ones((4, 4, 4, 3), jnp.bfloat16)
     for fp32, expected in ((False, jnp.bfloat16), (True, jnp.float32)):
-        bn_module = model.batch_norm(dataclasses.replace(spec, bn_fp32=fp32), True, jnp.bfloat16)
+        bn_spec = dataclasses.replace(spec, batch_norm=dataclasses.replace(spec.batch_norm, fp32=fp32))
+        bn_module = model.batch_norm(bn_spec, True, jnp.bfloat16)
         variables = bn_module.init(jax.random.key(0), x, train=False)
         y, updates = bn_module.apply(variables, x, train=True, mutable=["batch_stats"])
         assert y.dtype == expected and updates["batch_stats"]["mean"].dtype == jnp.float32

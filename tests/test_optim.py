@@ -184,11 +184,19 @@ def test_whitening_bias_schedule(preset, expected):
     recipe = presets.get_preset(preset)
     steps_per_epoch = 50_000 // recipe.batch_size
     schedule = optim.lr_schedule(recipe, steps_per_epoch)
-    bias_lr = optim.whitening_bias_schedule(recipe, schedule, steps_per_epoch)
+    bias_lr = optim.whitening_bias_schedule(recipe.optimiser.whitening_bias, schedule, steps_per_epoch)
     for step in (0, 10, 74, 75, 143, 144, 300):
-        # The multiplier is part of the group (whitening_bias_lr_mult); compare at the schedule's scale.
-        got = float(bias_lr(step)) * (recipe.optimiser.whitening_bias_lr_mult if preset.endswith("muon") else 1.0)
+        # The multiplier is part of the group (whitening_bias.lr_mult); compare at the schedule's scale.
+        got = float(bias_lr(step)) * (recipe.optimiser.whitening_bias.lr_mult if preset.endswith("muon") else 1.0)
         assert got == pytest.approx(expected(schedule, step), rel=1e-5, abs=1e-6), step
+
+
+def test_a_whitening_bias_stem_without_its_sub_recipe_keeps_its_bias_at_init():
+    recipe = presets.get_preset("airbench94")
+    bias = presets.UNTRAINED_WHITENING_BIAS
+    schedule = optim.lr_schedule(recipe, 48)
+    assert bias.lr_mult == bias.wd_mult == 1.0
+    assert [float(optim.whitening_bias_schedule(bias, schedule, 48)(step)) for step in (0, 1, 100)] == [0.0] * 3
 
 
 def test_airbench94_lr_and_weight_decay_in_torch_terms():

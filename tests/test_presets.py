@@ -1,12 +1,24 @@
+import functools
+import json
+import pathlib
+
 import pytest
 
 from jax_resnet_speed import presets
 
+FLAT_RECIPES = pathlib.Path(__file__).parent / "data" / "flat_recipes"
+
 
 def changed_fields(before: presets.Recipe, after: presets.Recipe) -> dict:
+    """Dotted path -> new value of each field that differs; a trick switched on or off is one change, to its
+    whole sub-recipe (or None)."""
     old, new = before.training_fields(), after.training_fields()
-    assert set(old) == set(new)
-    return {name: new[name] for name in new if new[name] != old[name]}
+    switched = {path for path in old.keys() ^ new.keys() if (old | new)[path] is None}
+    inside = tuple(f"{trick}." for trick in switched)
+    kept = lambda fields: {p for p in fields if p not in switched and not p.startswith(inside)}  # noqa: E731
+    assert kept(old) == kept(new)
+    changed = {name: new[name] for name in kept(new) if new[name] != old[name]}
+    return changed | {path: functools.reduce(getattr, path.split("."), after) for path in switched}
 
 
 def test_at_least_twenty_presets_grouped_by_post():
@@ -48,7 +60,7 @@ def test_airbench95_is_airbench94_widened_and_timed_to_95_percent():
 
 
 def test_only_airbench94_muon_draws_its_whitening_bias():
-    draws = {name for name, r in presets.PRESETS.items() if r.network.whitening_bias_init != "zeros"}
+    draws = {name for name, r in presets.PRESETS.items() if r.network.stem.bias_init != "zeros"}
     assert draws == {"airbench94-muon"}
 
 
@@ -64,18 +76,18 @@ def test_post8_steps_follow_pages_notebook():
     final = presets.get_preset("post8-10-tta")
     assert final.optimiser.update == "page" and final.epochs == 10
     whitening = presets.get_preset("post8-08-whitening")
-    assert whitening.network.stem == "whitening" and whitening.data.cutout == 5
+    assert whitening.network.stem.kind == "whitening" and whitening.data.cutout == 5
     assert whitening.optimiser.lr_knots == ((0, 0.0), (2.8, 1.0), (14, 0.0))  # (epochs / 5, peak)
     ema = presets.get_preset("post8-09-ema")
     assert ema.optimiser.lr_knots[-2:] == ((11, 0.1), (13, 0.1))  # held at 0.1 for the last two epochs
-    assert ema.optimiser.ema_run_steps == 13 * (50_000 // 512)
+    assert ema.optimiser.ema == presets.Ema(momentum=0.99, run_steps=13 * (50_000 // 512), every=5)
 
 
 def test_post1_network_is_the_preact_resnet18():
     net = presets.get_preset("post1-baseline").network
-    assert net.block == "pre-act" and net.residual_blocks == (2, 2, 2, 2)
-    assert net.widths == (64, 64, 128, 256, 256) and net.downsamples == (False, True, True, True)
-    assert net.pool == "avg+max" and net.head_bias and not net.stem_bn and not net.bn_fp32
+    assert net.stages.block == "pre-act" and net.stages.residual_blocks == (2, 2, 2, 2)
+    assert net.widths == (64, 64, 128, 256, 256) and net.stages.downsamples == (False, True, True, True)
+    assert net.head.pool == "avg+max" and net.head.bias and not net.stem.bn and not net.batch_norm.fp32
 
 
 def test_replace_by_dotted_name():
@@ -90,3 +102,62 @@ def test_with_epochs_stretches_the_knots_and_keeps_the_rest():
     short = presets.MYRTLE_FINAL.with_epochs(5)
     assert short.epochs == 5 and short.optimiser.lr_knots == ((0, 0.0), (1, 1.0), (4, 0.1), (5, 0.1))
     assert set(changed_fields(presets.MYRTLE_FINAL, short)) == {"optimiser.epochs", "optimiser.lr_knots"}
+
+
+def test_replace_by_nested_path_of_any_depth():
+    recipe = presets.MYRTLE_FINAL.replace(**{"optimiser.ema.momentum": 0.95, "network.batch_norm.ghost_splits": 8})
+    assert recipe.optimiser.ema == presets.Ema(momentum=0.95, run_steps=970, every=5)
+    assert recipe.network.batch_norm.ghost_splits == 8 and recipe.network.batch_norm.scale_frozen
+    with pytest.raises(TypeError):
+        presets.MYRTLE_FINAL.replace(**{"optimiser.ema.momentun": 0.95})
+
+
+def test_setting_a_field_of_a_trick_that_is_off_turns_it_on_from_its_defaults():
+    assert presets.MYRTLE_RESNET9.optimiser.lookahead is None
+    recipe = presets.MYRTLE_RESNET9.replace(**{"optimiser.lookahead.decay": 0.9})
+    assert recipe.optimiser.lookahead == presets.Lookahead(every=5, decay=0.9)
+    assert presets.AIRBENCH94.replace(**{"optimiser.lookahead": None}).optimiser.lookahead is None
+
+
+def test_the_flat_names_of_before_the_nesting_still_replace_their_fields():
+    recipe = presets.MYRTLE_RESNET9.replace(**{
+        "optimiser.ema_momentum": 0.98, "optimiser.ema_run_steps": 100, "network.ghost_bn_splits": 4,
+        "network.stem": "whitening", "network.batch_norm": False, "network.stage_convs": 2,
+        "optimiser.lookahead_every": 3, "optimiser.muon_lr": 0.1, "optimiser.whitening_bias_decay": "linear"})
+    assert recipe.optimiser.ema == presets.Ema(momentum=0.98, run_steps=100, every=5)
+    assert recipe.network.batch_norm == presets.BatchNorm(enabled=False, ghost_splits=4)
+    assert recipe.network.stem.kind == "whitening" and recipe.network.stages.convs == 2
+    assert recipe.optimiser.lookahead == presets.Lookahead(every=3)
+    assert recipe.optimiser.muon == presets.Muon(lr=0.1)
+    assert recipe.optimiser.whitening_bias == presets.WhiteningBias(decay="linear")
+    # A flat switch at its off value turns the trick off.
+    off = presets.MYRTLE_FINAL.replace(**{"optimiser.ema_momentum": None})
+    assert off.optimiser.ema is None
+    assert presets.AIRBENCH94.replace(**{"optimiser.lookahead_every": 0}).optimiser.lookahead is None
+    assert presets.AIRBENCH94_MUON.replace(**{"optimiser.muon_lr": 0.0}).optimiser.muon is None
+    # Every flat name names a field today.
+    every_trick = presets.MYRTLE_FINAL.replace(**{"optimiser.lookahead.every": 5, "optimiser.muon.lr": 0.1,
+                                                  "optimiser.whitening_bias.epochs": 3})
+    assert set(presets.FLAT_NAMES.values()) <= set(every_trick.training_fields())
+
+
+def test_every_preset_written_flat_before_the_nesting_upgrades_to_the_same_recipe():
+    flat = json.loads((FLAT_RECIPES / "presets.json").read_text())
+    assert set(flat) == set(presets.PRESETS)
+    for name, recipe in presets.PRESETS.items():
+        today = json.loads(json.dumps(recipe.to_dict()))
+        assert "ema_momentum" in flat[name]["optimiser"]  # written flat
+        assert presets.upgrade_recipe_dict(flat[name]) == today, name
+        assert presets.upgrade_recipe_dict(today) == today  # a nested one is left as it is
+    upgraded = presets.upgrade_recipe_dict(flat["airbench94"])["optimiser"]
+    assert upgraded["ema"] is None and upgraded["muon"] is None and upgraded["lookahead"] == {"every": 5, "decay": 0.95}
+
+
+def test_a_flat_recipe_older_than_a_trick_has_it_off():
+    flat = json.loads((FLAT_RECIPES / "presets.json").read_text())["myrtle-final"]
+    for switch in ("muon_lr", "muon_momentum", "lookahead_every", "lookahead_decay"):
+        del flat["optimiser"][switch]
+    assert presets.upgrade_recipe_dict(flat) == json.loads(json.dumps(presets.MYRTLE_FINAL.to_dict()))
+    today = json.loads(json.dumps(presets.MYRTLE_FINAL.to_dict()))
+    del today["optimiser"]["muon"]  # a nested recipe written before Muon was added
+    assert presets.upgrade_recipe_dict(today)["optimiser"]["muon"] is None

@@ -164,7 +164,8 @@ def airbench_run(request, learnable_data):
     """
     recipe = presets.get_preset(request.param).with_epochs(3.5)
     o = recipe.optimiser
-    recipe = recipe.replace(**{"data.batch_size": 128, "optimiser.muon_lr": o.muon_lr / 4,
+    muon_lr = {"optimiser.muon.lr": o.muon.lr / 4} if o.muon else {}
+    recipe = recipe.replace(**{"data.batch_size": 128, **muon_lr,
                                "optimiser.lr_knots": tuple((epoch, lr / 4) for epoch, lr in o.lr_knots)})
     config = train.RunConfig(recipe, precision="fp32", width_mult=0.125)
     train_images, train_labels, test_images, test_labels = learnable_data

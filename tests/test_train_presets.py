@@ -27,7 +27,7 @@ def distinct_presets() -> list[str]:
 @pytest.mark.parametrize("preset", distinct_presets())
 def test_every_preset_builds_takes_a_step_and_evaluates(preset):
     recipe = presets.get_preset(preset).replace(**{"data.batch_size": 32})
-    recipe = recipe.replace(**{"network.ghost_bn_splits": min(recipe.network.ghost_bn_splits, 2)})
+    recipe = recipe.replace(**{"network.batch_norm.ghost_splits": min(recipe.network.batch_norm.ghost_splits, 2)})
     config = train.RunConfig(recipe, precision="fp32", width_mult=0.0625)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)

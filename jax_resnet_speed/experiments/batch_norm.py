@@ -52,7 +52,8 @@ def stress_recipe(batch_norm: bool, epochs: int = 25, batch_size: int = 512) -> 
                        f"{'with BN (scale and bias frozen)' if batch_norm else 'without BN'}, "
                        f"lr {STRESS_LR0} x 2^(epoch/2)",
         "change": "",
-        "network.shortcut": False, "network.batch_norm": batch_norm, "network.bn_scale_frozen": True,
+        "network.stages.shortcut": False, "network.batch_norm.enabled": batch_norm,
+        "network.batch_norm.scale_frozen": True,
         "optimiser.bn_bias_lr_mult": 0.0, "optimiser.bn_bias_wd_mult": 0.0,
         "optimiser.epochs": epochs,
         "optimiser.lr_knots": tuple((e, STRESS_LR0 * 2 ** (e / 2)) for e in range(epochs + 1)),
@@ -446,8 +447,8 @@ def run(args: argparse.Namespace) -> list[str]:
     collapsed = {}
     for net in NETS:
         collapsed[net] = {}
-        for blocks in (recipes[net].network.residual_blocks, DEEPER_BLOCKS):
-            recipe = recipes[net].replace(**{"network.residual_blocks": blocks})
+        for blocks in (recipes[net].network.stages.residual_blocks, DEEPER_BLOCKS):
+            recipe = recipes[net].replace(**{"network.stages.residual_blocks": blocks})
             layers = collapse(recipe, chosen["width_mult"], images[:chosen["collapse_images"]], args.seed)
             collapsed[net][str(len(layers))] = layers
             common.progress(f"collapse {net}, {len(layers)} convs, last unit: std/|mean| across images "

@@ -14,6 +14,8 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 
+from jax_resnet_speed import settings
+
 
 def epoch_metrics(epoch: int, lr: float, train_sums: Sequence[float], eval_sums: Sequence[float], tta: bool,
                   epoch_seconds: float, train_seconds: float, eval_seconds: float) -> dict:
@@ -204,6 +206,8 @@ class MergeError(Exception):
 
 def merge(payloads: Sequence[tuple[str, dict]]) -> dict:
     """One result from the result JSONs of many invocations of one config (name, payload pairs)."""
+    payloads = [(name, {**payload, "config": settings.upgrade_config_dict(payload["config"])})  # flat recipes too
+                for name, payload in payloads]
     (first_name, first), seen = payloads[0], {}
     runs = []
     for name, payload in payloads:

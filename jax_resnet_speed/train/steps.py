@@ -83,15 +83,15 @@ def init(setup: Setup, key: jax.Array, train_padded: jax.Array, hyper: optim.Hyp
     variables = setup.net.init(init_key, train_images[:1], train=False)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})  # {}: a net without BN
     constants = {}
-    if spec.stem in ("whitening", "whitening-bias"):
-        constants = {"whitening": model_lib.whitening_filters(spec, train_images[:spec.whitening_images])}
+    if spec.stem.kind in ("whitening", "whitening-bias"):
+        constants = {"whitening": model_lib.whitening_filters(spec, train_images[:spec.stem.whitening_images])}
     weights = {"params": params, "batch_stats": batch_stats}
     return parallel.replicate(setup.mesh, TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, constants=constants,
         opt_state=setup.optimizer(hyper).init(params), hyper=hyper,
-        ema=weights if opt.ema_momentum else None,
+        ema=weights if opt.ema else None,
         loss_scale=optim.LossScale.create() if setup.precision == "fp16" else None,
-        totals=jnp.zeros(3, jnp.float32), rng=rng, slow=weights if opt.lookahead_every else None))
+        totals=jnp.zeros(3, jnp.float32), rng=rng, slow=weights if opt.lookahead else None))
 
 
 @functools.partial(jax.jit, static_argnames="setup")
@@ -135,13 +135,13 @@ def train_step(setup: Setup, state: TrainState, images: jax.Array, labels: jax.A
         finite = optim.all_finite(grads)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         new = new.replace(loss_scale=state.loss_scale.adjust(finite))
-    if opt.ema_momentum:
+    if opt.ema:
         live = {"params": new.params, "batch_stats": new.batch_stats}
-        ema_momentum = setup.recipe.ema_momentum_per_step(setup.run_steps)
-        new = new.replace(ema=optim.ema_update(state.ema, live, state.step, ema_momentum, opt.ema_every))
-    if opt.lookahead_every:
+        ema_momentum = opt.ema.momentum_per_step(setup.run_steps)
+        new = new.replace(ema=optim.ema_update(state.ema, live, state.step, ema_momentum, opt.ema.every))
+    if opt.lookahead:
         slow, live = optim.lookahead_update(state.slow, {"params": new.params, "batch_stats": new.batch_stats},
-                                            state.step + 1, setup.run_steps, opt.lookahead_decay, opt.lookahead_every)
+                                            state.step + 1, setup.run_steps, opt.lookahead.decay, opt.lookahead.every)
         new = new.replace(slow=slow, params=live["params"], batch_stats=live["batch_stats"])
     correct = jnp.sum(jnp.argmax(logits, -1) == y)
     totals = state.totals + jnp.stack([losses.sum(), correct, y.size]).astype(jnp.float32)
