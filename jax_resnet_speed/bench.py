@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from jax_resnet_speed import cli, compilation, flags, interrupt, presets, report
+from jax_resnet_speed import cli, compilation, flags, interrupt, presets
+from jax_resnet_speed.report import files
 
 MATMUL_SIZE = {"cpu": 1024, "gpu": 8192}  # large enough to reach the device's matmul rate
 
@@ -222,7 +223,7 @@ def environment(framework: str, compiled: bool) -> dict:
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch_reference.environment(device, compiled)
-    return report.environment()
+    return files.environment()
 
 
 def format_table(payload: dict) -> str:
@@ -317,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 compilation.enable_cache(None)  # the temporary cache folder is about to go
     print(format_table(payload))
     if args.json:
-        report.write_json(args.json, payload)
+        files.write_json(args.json, payload)
         print(f"wrote {args.json}")
     if payload.get("interrupted"):
         where = f" in {args.json}" if args.json else ""

@@ -210,6 +210,7 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
     and let KeyboardInterrupt go on, for the caller to save the rest and say what it kept.
     """
     from jax_resnet_speed import report
+    from jax_resnet_speed.report import console, files
 
     log = None
     if getattr(args, "tensorboard", None):
@@ -224,7 +225,7 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
     def save() -> None:
         checkpoint()
         if getattr(args, "json", None):
-            report.write_json(args.json, payload)
+            files.write_json(args.json, payload)
             print(f"wrote {args.json}")
         if plot := flags.plot_path(args):
             from jax_resnet_speed import curves
@@ -255,7 +256,7 @@ def run_all(args: argparse.Namespace, payload: dict, target: float, prepare: Cal
         if log is not None:
             log.close()
     save()
-    print(report.summary_line(payload["summary"], target))
+    print(console.summary_line(payload["summary"], target))
     return exit_code
 
 
@@ -266,19 +267,20 @@ def run_seeds(args: argparse.Namespace, payload: dict, target: float, run_one: R
     checkpoint: called after every finished run. Returns the exit code (EXIT_DIVERGED when a run diverged).
     """
     from jax_resnet_speed import report
+    from jax_resnet_speed.report import console
 
     if getattr(args, "parallel", 1) > 1:
         return run_groups(args, payload, target, run_one, seeds, checkpoint, log)
     exit_code = 0
     for seed in seeds:
         print(f"\nrun {seed - args.seed + 1}/{args.runs}, seed {seed}")
-        print(report.table_header())
+        print(console.table_header())
         record: dict = {}
         payload["runs"].append(record)
 
         def on_epoch(metrics: dict, run: int = seed - args.seed + 1, seed: int = seed) -> None:
-            print(report.table_row(metrics), flush=True)
-            if left := report.time_left_line(metrics, payload["config"]["recipe"]["optimiser"]["epochs"]):
+            print(console.table_row(metrics), flush=True)
+            if left := console.time_left_line(metrics, payload["config"]["recipe"]["optimiser"]["epochs"]):
                 print(left, flush=True)
             if log is not None:
                 log.write(run, seed, metrics)
@@ -288,7 +290,7 @@ def run_seeds(args: argparse.Namespace, payload: dict, target: float, run_one: R
         except report.Diverged as error:
             print(f"error: {error}; stopping this run", file=sys.stderr)
             exit_code = EXIT_DIVERGED
-        print(report.run_line(record, target))
+        print(console.run_line(record, target))
         if checkpoint is not None:
             checkpoint()
     return exit_code
@@ -301,7 +303,8 @@ def run_groups(args: argparse.Namespace, payload: dict, target: float, run_group
                checkpoint: Callable[[], None] | None, log: EpochLog | None = None) -> int:
     """The seeds in groups of --parallel, each trained together (group.run); tables printed (and written to
     the TensorBoard `log`) per run after its group. Returns the exit code: EXIT_DIVERGED when a member diverged."""
-    from jax_resnet_speed import group, report
+    from jax_resnet_speed import group
+    from jax_resnet_speed.report import console
 
     size, exit_code = args.parallel, 0
     chunks = [list(seeds[i:i + size]) for i in range(0, len(seeds), size)]
@@ -317,16 +320,16 @@ def run_groups(args: argparse.Namespace, payload: dict, target: float, run_group
             record["group_size"] = size
             print(f"\nrun {record['seed'] - args.seed + 1}/{args.runs}, seed {record['seed']} "
                   f"(in a group of {size}: the seconds are the group's)")
-            print(report.table_header())
+            print(console.table_header())
             for metrics in record["epochs"]:
-                print(report.table_row(metrics))
+                print(console.table_row(metrics))
                 if log is not None:
                     log.write(record["seed"] - args.seed + 1, record["seed"], metrics)
             if record["status"] == "diverged":
                 print(f"error: run with seed {record['seed']} diverged; the rest of its group went on",
                       file=sys.stderr)
                 exit_code = EXIT_DIVERGED
-            print(report.run_line(record, target))
+            print(console.run_line(record, target))
         if checkpoint is not None:
             checkpoint()
     return exit_code
@@ -343,7 +346,8 @@ def train_from_args(args: argparse.Namespace) -> int:
     """Load, compile once, run --runs times, print the table and write the JSON."""
     import jax
 
-    from jax_resnet_speed import data, parallel, report
+    from jax_resnet_speed import data, parallel
+    from jax_resnet_speed.report import files
 
     if jax.process_index() != 0:
         # One table and one JSON for the whole multi-host run: process 0's. Errors still reach stderr.
@@ -351,7 +355,7 @@ def train_from_args(args: argparse.Namespace) -> int:
         args.json = args.plot = args.tensorboard = None
     config = resolve_config(args, jax.default_backend())
     recipe = config.recipe
-    payload: dict = {"config": None, "environment": report.environment(), "compile_seconds": None,
+    payload: dict = {"config": None, "environment": files.environment(), "compile_seconds": None,
                      "compilation": compilation_section(args), "runs": [], "summary": None}
     try:
         dataset, payload["config"] = load_run_data(args, config)
@@ -482,7 +486,8 @@ def prepare_runs(config, dataset, seed: int, payload: dict, profile: str | None 
         print(f"wrote a profile of one epoch to {profile}")
     if checkpoint_dir is None:
         return lambda seed, on_epoch, record: train.run(programs, device_data, config, seed, on_epoch, record)
-    from jax_resnet_speed import checkpoint, report
+    from jax_resnet_speed import checkpoint
+    from jax_resnet_speed.report import console
 
     checkpoints = checkpoint.Checkpoints(checkpoint_dir)
     pending = dict(resume or {})
@@ -500,7 +505,7 @@ def prepare_runs(config, dataset, seed: int, payload: dict, profile: str | None 
             like = programs.init(jax.random.key(seed), device_data.train_padded, programs.hyper)
             resume_from, _ = checkpoints.restore(like)
             for metrics in record["epochs"]:
-                print(report.table_row(metrics) + "  (from the checkpoint)")
+                print(console.table_row(metrics) + "  (from the checkpoint)")
         return train.run(programs, device_data, config, seed, on_epoch, record, resume_from, save)
 
     return run_one
@@ -543,8 +548,8 @@ def prepare_group(config, dataset, size: int, seed: int, payload: dict) -> RunGr
 
 def list_presets() -> None:
     """The presets grouped by post, in the order of the series."""
-    for group, recipes in presets.GROUPS.items():
-        print(f"{group[0].upper()}{group[1:]}")
+    for post, recipes in presets.BY_POST.items():
+        print(f"{post[0].upper()}{post[1:]}")
         for recipe in recipes:
             default = " (default)" if recipe.name == presets.DEFAULT_PRESET else ""
             print(f"  {recipe.name}{default}: {recipe.description}")

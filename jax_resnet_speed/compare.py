@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from jax_resnet_speed import cli, flags, install_hint, interrupt, report
+from jax_resnet_speed.report import console, files
 
 COMMANDS = {
     "jax": ["-m", "jax_resnet_speed.train"],
@@ -192,10 +193,10 @@ def table_cells(row: dict) -> list[str]:
     accuracy = ("-" if row["mean_accuracy"] is None
                 else f"{row['mean_accuracy']:.4f} +- {row['std_accuracy']:.4f}")
     if row.get("ci95_accuracy"):
-        accuracy += f" {report.interval_text(row['ci95_accuracy'], 4)}"
+        accuracy += f" {console.interval_text(row['ci95_accuracy'], 4)}"
     reached = f"{row['runs_reaching_target']}/{row['runs']}"
     if row.get("wilson95_reaching_target"):
-        reached += f" {report.interval_text(row['wilson95_reaching_target'], 2)}"
+        reached += f" {console.interval_text(row['wilson95_reaching_target'], 2)}"
     return [row["framework"], accuracy, reached,
             number(row["median_seconds_to_target"], ".2f"), number(row["median_epoch_seconds"], ".3f"),
             number(row["median_compile_seconds"], ".1f"), number(row["ratio"], ".2f")]
@@ -280,7 +281,7 @@ def write_outputs(out: pathlib.Path, args: argparse.Namespace, results: dict) ->
     payload = {"config": {**{name: getattr(args, name) for name in FORWARDED}, "runs": args.runs, "seed": args.seed,
                           "frameworks": args.frameworks, "device": args.device},
                "ratio_basis": basis, "table": rows, "frameworks": results}
-    report.write_json(out / "compare.json", payload)
+    files.write_json(out / "compare.json", payload)
     (out / "compare.md").write_text(markdown(rows, basis, args, results))
     written = ["compare.json", "compare.md"]
     if results and plot(results, title, target, out / "compare.png"):
@@ -337,7 +338,7 @@ def compare_runs(args: argparse.Namespace) -> int:
                 return flags.EXIT_DATA_ERROR
             if code == flags.EXIT_DIVERGED:
                 exit_code = flags.EXIT_DIVERGED
-            print(report.run_line(record, target_of(results[framework]["config"])), flush=True)
+            print(console.run_line(record, target_of(results[framework]["config"])), flush=True)
     write_outputs(out, args, results)
     if interrupt.requested():  # Ctrl-C while the files were written: they were written whole
         return interrupt.leave(kept_line(out, results))

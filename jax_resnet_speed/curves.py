@@ -1,7 +1,7 @@
 """Training curves (--plot): test and TTA accuracy and train loss per epoch against training seconds.
 
 All runs of an invocation on one figure, one colour per run, the target accuracy marked. Drawn from
-the run records of the result (report.py), after the runs, never inside the timed loop.
+the run records of the result (report/), after the runs, never inside the timed loop.
 """
 
 from __future__ import annotations
@@ -49,20 +49,20 @@ def figure(runs: Sequence[dict], target: float, title: str):
 
 
 def title(payload: dict) -> str:
-    """Recipe, device, run count and training images of a result (report.py's JSON layout)."""
+    """Recipe, device, run count and training images of a result JSON."""
     config, environment, runs = payload.get("config") or {}, payload.get("environment") or {}, payload["runs"]
     return (f"{config.get('recipe', {}).get('name', '?')} on {environment.get('device_kind', '?')}: "
             f"{len(runs)} run{'s' * (len(runs) != 1)}, {config.get('train_images', '?')} training images")
 
 
 def write(payload: dict, target: float, path: str | os.PathLike) -> None:
-    """The `figure` of a result's runs into a PNG at `path`, atomically (report.write_atomically)."""
+    """The `figure` of a result's runs into a PNG at `path`, atomically (report.files.write_atomically)."""
     import matplotlib.pyplot as plt
 
-    from jax_resnet_speed import report
+    from jax_resnet_speed.report import files
 
     fig = figure(payload["runs"], target, title(payload))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    report.write_atomically(path, lambda handle: handle.write(buffer.getvalue()), mode="wb")
+    files.write_atomically(path, lambda handle: handle.write(buffer.getvalue()), mode="wb")

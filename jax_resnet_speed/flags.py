@@ -198,3 +198,14 @@ def validate_batch_size(parser: argparse.ArgumentParser, recipe: presets.Recipe,
     if batch_size % splits:
         parser.error(f"--batch-size {batch_size} is not divisible by the {splits} ghost "
                      f"batch-norm splits of preset {recipe.name}; use a multiple of {splits}")
+
+
+def parse_targets(text: str) -> list[float]:
+    """--targets 0.93,0.935,0.94: accuracy fractions in (0, 1]."""
+    try:
+        targets = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        targets = []
+    if not targets or not all(0 < target <= 1 for target in targets):
+        raise argparse.ArgumentTypeError(f"takes accuracy fractions such as 0.93,0.935,0.94, got {text!r}")
+    return targets

@@ -10,6 +10,8 @@ the same global mesh (docs/scaling.md).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -55,3 +57,11 @@ def put_replicated(mesh: Mesh | None, host: np.ndarray) -> jax.Array:
         return jax.numpy.asarray(host)
     return jax.make_array_from_callback(host.shape, replicated(mesh), lambda index: host[index])
 
+
+
+def replicate(mesh: Mesh | None, tree: Any) -> Any:
+    """Inside a jitted program: ask for every array of `tree` replicated on the mesh, as the
+    program's outputs are (no-op without a mesh)."""
+    if mesh is None:
+        return tree
+    return jax.lax.with_sharding_constraint(tree, replicated(mesh))

@@ -681,8 +681,8 @@ _post4 = chain(POST4_ARCH_1, POST4_ARCH)
 _post8 = chain(POST8_BASELINE, POST8)
 _airbench = chain(AIRBENCH94, AIRBENCH_STEPS)
 
-# Presets grouped by post, in the order of the series.
-GROUPS: dict[str, tuple[Recipe, ...]] = {
+# The presets by post, in the order of the series.
+BY_POST: dict[str, tuple[Recipe, ...]] = {
     "post 1: baseline": (_post1_to_3[0],),
     "post 2: mini-batches": (_post1_to_3[1],),
     "post 3: regularisation": tuple(_post1_to_3[2:]),
@@ -690,7 +690,7 @@ GROUPS: dict[str, tuple[Recipe, ...]] = {
     "post 8: bag of tricks": (*_post8, MYRTLE_FINAL),
     "airbench: past Myrtle": (AIRBENCH94, AIRBENCH94_MUON, *_airbench[1:]),
 }
-PRESETS: dict[str, Recipe] = {r.name: r for group in GROUPS.values() for r in group}
+PRESETS: dict[str, Recipe] = {r.name: r for recipes in BY_POST.values() for r in recipes}
 DEFAULT_PRESET = MYRTLE_FINAL.name
 # Each chained preset's predecessor, for the declared-change check and the series' ratios.
 PREDECESSORS: dict[str, str] = {later.name: earlier.name

@@ -17,7 +17,8 @@ import pathlib
 import sys
 from collections.abc import Iterable, Sequence
 
-from jax_resnet_speed import compare, report
+from jax_resnet_speed import compare, flags, report
+from jax_resnet_speed.report import console, files
 
 
 def _number(value: float | None, fmt: str, scale: float = 1.0) -> str:
@@ -64,7 +65,7 @@ def train_row(name: str, payload: dict, targets: Sequence[float] = ()) -> list[s
     if summary["completed_runs"]:
         accuracy = f"{summary['mean_accuracy']:.4f} +- {summary['std_accuracy']:.4f}"
         if summary.get("ci95_accuracy"):
-            accuracy += f" {report.interval_text(summary['ci95_accuracy'], 4)}"
+            accuracy += f" {console.interval_text(summary['ci95_accuracy'], 4)}"
     reached = f"{summary['runs_reaching_target']}/{summary.get('finished_runs', summary['runs'])} at {target:.2%}"
     cache = (payload.get("compilation") or {}).get("cache") or "-"
     n = str(summary["completed_runs"])
@@ -75,7 +76,7 @@ def train_row(name: str, payload: dict, targets: Sequence[float] = ()) -> list[s
     return [name, env["device_kind"], config["recipe"]["name"], config["precision"], config.get("loop", "step"),
             n, accuracy, reached, _number(summary["median_seconds_to_target"], ".2f"),
             _number(summary["mean_train_seconds"], ".2f"), f"{_number(payload['compile_seconds'], '.1f')} ({cache})",
-            *(report.target_cell(row) for row in to_targets.values())]
+            *(console.target_cell(row) for row in to_targets.values())]
 
 
 def compare_target_cells(payload: dict, framework: str, targets: Sequence[float]) -> list[str]:
@@ -84,7 +85,7 @@ def compare_target_cells(payload: dict, framework: str, targets: Sequence[float]
     if entry is None:
         return ["-"] * len(targets)
     rule = entry["config"]["recipe"]["timing"].get("rule", "myrtle")
-    return [report.target_cell(row) for row in report.seconds_to_targets(entry["runs"], targets, rule).values()]
+    return [console.target_cell(row) for row in report.seconds_to_targets(entry["runs"], targets, rule).values()]
 
 
 def kind_of(payload: dict) -> str | None:
@@ -148,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="JSON files, or folders searched for *.json")
     parser.add_argument("--out", metavar="FILE", help="also write the tables here")
-    parser.add_argument("--targets", type=report.parse_targets, default=[], metavar="LIST",
+    parser.add_argument("--targets", type=flags.parse_targets, default=[], metavar="LIST",
                         help="also the median seconds to each of these accuracies (e.g. 0.93,0.935,0.94)")
     args = parser.parse_args(argv)
     try:
@@ -158,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(text, end="")
     if args.out:
-        report.write_atomically(args.out, lambda handle: handle.write(text))
+        files.write_atomically(args.out, lambda handle: handle.write(text))
     return 0
 
 

@@ -23,6 +23,7 @@ import textwrap
 from collections.abc import Sequence
 
 from jax_resnet_speed import cli, flags, install_hint, interrupt, presets, report
+from jax_resnet_speed.report import files
 
 FORMAT = 1  # series.json's layout version
 JSON_NAME, MD_NAME, PNG_NAME = "series.json", "series.md", "series.png"
@@ -32,14 +33,14 @@ SETTING_FLAGS = ("seed", "epochs", "batch_size", "precision", "target", "train_s
 FULL_TRAIN, FULL_TEST = 50_000, 10_000  # CIFAR-10's sizes: fewer images make a smoke run
 
 
-# ------------------------------------------------------------------------------ groups
+# ------------------------------------------------------------------------------ selections
 
 def _post(post: str) -> tuple[presets.Recipe, ...]:
-    """The presets of presets.GROUPS' entry for `post` ("post 4")."""
-    for key, recipes in presets.GROUPS.items():
+    """The presets of presets.BY_POST's entry for `post` ("post 4")."""
+    for key, recipes in presets.BY_POST.items():
         if key.partition(":")[0].strip() == post:
             return recipes
-    raise KeyError(f"no group {post!r} in presets.GROUPS")
+    raise KeyError(f"no {post!r} in presets.BY_POST")
 
 
 def chain_from(first: str) -> list[str]:
@@ -51,8 +52,8 @@ def chain_from(first: str) -> list[str]:
     return names
 
 
-def series_groups() -> dict[str, list[str]]:
-    """The --group choices, derived from presets.GROUPS and presets.PREDECESSORS."""
+def selections() -> dict[str, list[str]]:
+    """The --group choices, derived from presets.BY_POST and presets.PREDECESSORS."""
     posts_1_to_3 = chain_from(_post("post 1")[0].name)  # posts 1 to 3 are one chain of changes
     post4 = chain_from(_post("post 4")[0].name)  # the architecture search, ending at ResNet-9
     post8 = chain_from(_post("post 8")[0].name)  # the ten steps (not myrtle-final, a copy of the last)
@@ -60,8 +61,9 @@ def series_groups() -> dict[str, list[str]]:
             "all": list(presets.PRESETS)}
 
 
-GROUPS = series_groups()
-GROUP_HELP = {
+# The named selections of presets --group chooses from ("group" alone means runs trained together: group.py).
+SELECTIONS = selections()
+SELECTION_HELP = {
     "post1-4": "post 1's baseline to post 3, then post 4's ResNet-9",
     "post4-arch": "post 4's architecture search (20-epoch trials), then ResNet-9",
     "post8": "post 8's ten steps",
@@ -78,9 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "Myrtle's published V100 times. Continues an earlier call with the same --out.",
         formatter_class=flags.HelpFormatter)
     choose = parser.add_mutually_exclusive_group(required=True)
-    choose.add_argument("--group", choices=list(GROUPS),
-                        help="; ".join(f"{name}: {GROUP_HELP.get(name, '')} ({len(names)} presets)"
-                                       for name, names in GROUPS.items()))
+    choose.add_argument("--group", choices=list(SELECTIONS),
+                        help="; ".join(f"{name}: {SELECTION_HELP.get(name, '')} ({len(names)} presets)"
+                                       for name, names in SELECTIONS.items()))
     choose.add_argument("--presets", metavar="A,B,...",
                         help="comma-separated preset names, in the order of the table "
                              "(python -m jax_resnet_speed.train --list-presets lists them)")
@@ -95,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 def selection(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
     """The presets to run, in table order (exits 2 on an unknown name)."""
     if args.group:
-        return list(GROUPS[args.group])
+        return list(SELECTIONS[args.group])
     names: list[str] = []
     for name in (n.strip() for n in args.presets.split(",")):
         if not name:
@@ -417,7 +419,7 @@ def write_png(path: str, series: dict, rows: Sequence[dict]) -> str | None:
     if smoke_line(series):
         title += "\n" + textwrap.fill(smoke_line(series), width=int(fig_width * 10))
     fig.suptitle(title)
-    report.write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=110), mode="wb")
+    files.write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=110), mode="wb")
     return None
 
 
@@ -425,9 +427,9 @@ def write_outputs(series: dict, names: Sequence[str], json_path: str, out: str) 
     """series.json (with the table), series.md and series.png. Returns the table's rows and the paths written."""
     rows = table_rows(series, names)
     series["table"] = rows
-    report.write_json(json_path, series)
+    files.write_json(json_path, series)
     md_path, png_path = os.path.join(out, MD_NAME), os.path.join(out, PNG_NAME)
-    report.write_atomically(md_path, lambda handle: handle.write(markdown(series, rows)))
+    files.write_atomically(md_path, lambda handle: handle.write(markdown(series, rows)))
     written = [json_path, md_path]
     note = write_png(png_path, series, rows)
     if note:
@@ -456,7 +458,7 @@ def run_series(args: argparse.Namespace, names: list[str], argv: Sequence[str]) 
     settings["precision"] = configs[names[0]].precision
     series = {"format": FORMAT, "title": f"--group {args.group}" if args.group else "--presets " + ",".join(names),
               "command": " ".join(["python -m jax_resnet_speed.series", shlex.join(argv)]), "updated": _now(),
-              "settings": settings, "environment": report.environment(), "runs": args.runs,
+              "settings": settings, "environment": files.environment(), "runs": args.runs,
               "selection": names, "smoke_reasons": [], "presets": {}, "table": []}
 
     def refuse(message: str) -> int:
@@ -511,7 +513,7 @@ def run_series(args: argparse.Namespace, names: list[str], argv: Sequence[str]) 
     def save() -> None:
         series["updated"] = _now()
         series["table"] = table_rows(series, names)
-        report.write_json(json_path, series)
+        files.write_json(json_path, series)
 
     seeds = [args.seed + index for index in range(args.runs)]
     on_disk = finished_runs(series)

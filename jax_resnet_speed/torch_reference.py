@@ -568,7 +568,7 @@ class Trainer:
         self.schedule = lr_schedule(recipe, steps_per_epoch)
         # Page's update form reads the schedule one step ahead (optim.nesterov_sgd).
         self.schedule_offset = 1 if recipe.optimiser.update == "page" else 0
-        # The EMA horizon stretches with the run's length, as in train.build_programs.
+        # The EMA horizon stretches with the run's length, as in train.steps.train_step.
         self.run_steps = recipe.run_steps(steps_per_epoch)
         ema = recipe.optimiser.ema
         self.ema_momentum = ema.momentum_per_step(self.run_steps) if ema else None
@@ -591,7 +591,7 @@ class Trainer:
             self.ema_model.load_state_dict(self.model.state_dict())
         self.optimizer = make_optimizer(self.model, self.recipe, self.steps_per_epoch)
         self.muon = make_muon(self.model, self.recipe, self.steps_per_epoch)
-        # Lookahead's slow copy starts as the initial weights (train.build_programs' init).
+        # Lookahead's slow copy starts as the initial weights (train.steps.init).
         self.slow = ({name: t.detach().clone() for name, t in averaged_named(self.model).items()}
                      if self.recipe.optimiser.lookahead else None)
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0 ** 15, growth_interval=1000,
@@ -740,7 +740,7 @@ def run(trainer: Trainer, data: DeviceData, seed: int, on_epoch: Callable[[dict]
 # ------------------------------------------------------------------------ the command line
 
 def environment(device: torch.device, compiled: bool) -> dict:
-    """report.environment's keys that are not JAX's, for PyTorch."""
+    """report.files.environment's keys that are not JAX's, for PyTorch."""
     cuda = device.type == "cuda"
     return {"torch": torch.__version__, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if cuda else None, "compile": compiled, "backend": device.type,

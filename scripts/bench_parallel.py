@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_resnet_speed import flags, group, presets, report, settings, train
+from jax_resnet_speed import flags, group, presets, settings, train
+from jax_resnet_speed.report import files
 from jax_resnet_speed.data import in_memory
 
 
@@ -63,7 +64,7 @@ def main() -> None:
                                          np.full(3, 0.5), np.full(3, 0.25)),
                                recipe, train.PRECISIONS[precision])
     programs = train.build_programs(config, data)
-    env = report.environment()
+    env = files.environment()
     print(f"{recipe.name}, batch {args.batch_size}, width x{args.width_mult}, {precision}; "
           f"{env['device_kind']} ({env['backend']}), jax {env['jax']}")
 

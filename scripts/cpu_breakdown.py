@@ -9,7 +9,7 @@ so a busy shared CPU slows both alike: read the ratios, not the seconds.
 Pieces: `fwd` the network in training mode without gradients; `fwd+bwd` the gradient of the
 summed loss with respect to the parameters; `augment` crop, flip and cutout of one batch;
 `opt+ema` the optimiser update and the EMA of the weights; `step` the trainer's whole step
-(train.build_programs / torch_reference.Trainer.train_step plus its augmentation).
+(train.steps.train_step / torch_reference.Trainer.train_step plus its augmentation).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from jax_resnet_speed.checkpoint import CheckpointError, Checkpoints
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TMP_NAME = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")  # Orbax's not-yet-finalised <index> folder
 
-# A TrainState assembled by hand, with a step that mirrors train.build_programs' train_step on a
+# A TrainState assembled by hand, with a step that mirrors train.steps.train_step on a
 # two-layer net: the recipe's real optimiser (so the optax state has the real PartitionState,
 # MaskedState and MaskedNode nesting), EMA, lookahead, loss scale and a typed key. The real
 # network's init and step take over 30 s to compile on a CPU; these take a second.

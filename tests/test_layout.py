@@ -10,7 +10,9 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 JAX_FREE = ("jax_resnet_speed.torch_reference", "jax_resnet_speed.loop", "jax_resnet_speed.settings",
-            "jax_resnet_speed.flags", "jax_resnet_speed.cli", "jax_resnet_speed.presets", "jax_resnet_speed.data")
+            "jax_resnet_speed.flags", "jax_resnet_speed.cli", "jax_resnet_speed.presets", "jax_resnet_speed.data",
+            "jax_resnet_speed.report", "jax_resnet_speed.report.console", "jax_resnet_speed.report.files",
+            "jax_resnet_speed.report.__main__")
 
 
 def run_python(*args: str) -> subprocess.CompletedProcess:

@@ -23,16 +23,16 @@ def changed_fields(before: presets.Recipe, after: presets.Recipe) -> dict:
 
 def test_at_least_twenty_presets_grouped_by_post():
     assert len(presets.PRESETS) >= 20
-    assert list(presets.GROUPS) == ["post 1: baseline", "post 2: mini-batches", "post 3: regularisation",
+    assert list(presets.BY_POST) == ["post 1: baseline", "post 2: mini-batches", "post 3: regularisation",
                                     "post 4: architecture", "post 8: bag of tricks", "airbench: past Myrtle"]
-    assert sum(len(group) for group in presets.GROUPS.values()) == len(presets.PRESETS)  # each preset once
-    post8 = [r.name for r in presets.GROUPS["post 8: bag of tricks"]]
+    assert sum(len(group) for group in presets.BY_POST.values()) == len(presets.PRESETS)  # each preset once
+    post8 = [r.name for r in presets.BY_POST["post 8: bag of tricks"]]
     assert post8[0] == "post8-01-baseline" and post8[9] == "post8-10-tta" and post8[-1] == "myrtle-final"
     # The posts sort in the order of the series, and so do the numbered steps within a post.
-    posts = [r.name.split("-")[0] for group in presets.GROUPS.values() for r in group if r.name.startswith("post")]
+    posts = [r.name.split("-")[0] for group in presets.BY_POST.values() for r in group if r.name.startswith("post")]
     assert posts == sorted(posts)
     for group in ("post 4: architecture", "post 8: bag of tricks"):
-        steps = [r.name for r in presets.GROUPS[group] if not r.name.startswith("myrtle-")]
+        steps = [r.name for r in presets.BY_POST[group] if not r.name.startswith("myrtle-")]
         assert steps == sorted(steps)
 
 
@@ -46,7 +46,7 @@ def test_each_step_differs_from_its_predecessor_in_exactly_the_declared_fields(n
 
 def test_airbench95_is_airbench94_widened_and_timed_to_95_percent():
     assert presets.PREDECESSORS["airbench95"] == "airbench94"
-    assert "airbench95" in [r.name for r in presets.GROUPS["airbench: past Myrtle"]]
+    assert "airbench95" in [r.name for r in presets.BY_POST["airbench: past Myrtle"]]
     recipe = presets.get_preset("airbench95")
     # legacy/airbench95.py: lr 10 per 1024 at momentum 0.85 is 10 / 7.667 in this project's units,
     # its weight decay 0.0153 per 1024 is 0.0153 / 10; ceil(15 x 48) = 720 steps.

@@ -8,7 +8,8 @@ import json
 import pathlib
 import shutil
 
-from jax_resnet_speed import cli, presets, report, series
+from jax_resnet_speed import cli, presets, series
+from jax_resnet_speed.report.__main__ import main as report_main
 
 FLAT_RECIPES = pathlib.Path(__file__).parent / "data" / "flat_recipes"
 # The flags the files were written with (their --data was the tests' tiny_npz, written elsewhere).
@@ -30,7 +31,7 @@ def test_report_merges_a_result_written_with_flat_recipes_with_one_written_today
     (tmp_path / "today.json").write_text(json.dumps(today))
 
     merged_path = tmp_path / "merged.json"
-    assert report.main([str(tmp_path / "old.json"), str(tmp_path / "today.json"), "--json", str(merged_path)]) == 0
+    assert report_main([str(tmp_path / "old.json"), str(tmp_path / "today.json"), "--json", str(merged_path)]) == 0
     merged = json.loads(merged_path.read_text())
     assert merged["config"]["recipe"] == section["recipe"]  # in today's shape
     assert merged["config"]["recipe"]["optimiser"]["ema"] == {"momentum": 0.99, "run_steps": 970, "every": 5}
@@ -40,7 +41,7 @@ def test_report_merges_a_result_written_with_flat_recipes_with_one_written_today
     # A recipe that does differ is still refused, named in today's dotted path.
     section["recipe"]["network"]["batch_norm"]["ghost_splits"] = 8
     (tmp_path / "today.json").write_text(json.dumps(today))
-    assert report.main([str(tmp_path / "old.json"), str(tmp_path / "today.json")]) == 1
+    assert report_main([str(tmp_path / "old.json"), str(tmp_path / "today.json")]) == 1
     assert "differs in recipe.network.batch_norm.ghost_splits" in capsys.readouterr().err
 
 

@@ -46,8 +46,8 @@ def seeds(payload, name):
 
 
 def test_groups_follow_the_presets():
-    groups = series.GROUPS
-    assert groups["post8"] == [r.name for r in presets.GROUPS["post 8: bag of tricks"][:10]]
+    groups = series.SELECTIONS
+    assert groups["post8"] == [r.name for r in presets.BY_POST["post 8: bag of tricks"][:10]]
     assert len(groups["post8"]) == 10 and groups["post8"][0] == FIRST and groups["post8"][-1] == LAST
     assert groups["post4-arch"][-1] == "myrtle-resnet9" and len(groups["post4-arch"]) == 7
     assert all(name.startswith("post4-arch-") for name in groups["post4-arch"][:6])

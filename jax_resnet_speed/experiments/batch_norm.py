@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from jax_resnet_speed import flags, interrupt, presets, report, train
+from jax_resnet_speed import flags, interrupt, presets, train
+from jax_resnet_speed.report import files
 from jax_resnet_speed.experiments import common
 
 NAME = "batch_norm"
@@ -481,7 +482,7 @@ def run(args: argparse.Namespace) -> list[str]:
                                                   learnt_accuracy=LEARNT_ACCURACY,
                                                   collapsed_accuracy=COLLAPSED_ACCURACY,
                                                   init="He: PyTorch's conv init x sqrt(6), both nets"),
-               "environment": report.environment(), "recipes": {net: r.to_dict() for net, r in recipes.items()},
+               "environment": files.environment(), "recipes": {net: r.to_dict() for net, r in recipes.items()},
                "seconds": seconds, "stress": stress, "collapse": collapsed, "hessian": hessian, "summary": headlines}
     text = summary(chosen, stress, headlines, hessian, title)
     print(text)

@@ -10,7 +10,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jax_resnet_speed import cli, flags, install_hint, report, settings as settings_lib
+from jax_resnet_speed import cli, flags, install_hint, settings as settings_lib
+from jax_resnet_speed.report import files
 
 PROGRESS_PREFIX = "  "
 
@@ -98,15 +99,15 @@ def write_outputs(out: str, name: str, figure, payload: dict, summary: str) -> l
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(figure)
-    report.write_atomically(paths[0], lambda handle: handle.write(buffer.getvalue()), mode="wb")
-    report.write_json(paths[1], payload)
-    report.write_atomically(paths[2], lambda handle: handle.write(summary))
+    files.write_atomically(paths[0], lambda handle: handle.write(buffer.getvalue()), mode="wb")
+    files.write_json(paths[1], payload)
+    files.write_atomically(paths[2], lambda handle: handle.write(summary))
     return paths
 
 
 def environment_line(settings: dict) -> str:
     """The device, jax version and precision (the title before it already names the width)."""
-    env = report.environment()
+    env = files.environment()
     return f"{env['device_kind']} ({env['backend']}), jax {env['jax']}, {settings['precision']}"
 
 

@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from jax_resnet_speed import flags, group, interrupt, optim, presets, report, train
+from jax_resnet_speed import flags, group, interrupt, optim, presets, train
+from jax_resnet_speed.report import files
 from jax_resnet_speed.experiments import common
 
 NAME = "hyperparameters"
@@ -239,7 +240,7 @@ def run(args: argparse.Namespace) -> list[str]:
     slices = {s.name: run_slice(s, recipe, config, data, chosen["grid"], args.seed, compiled,
                                 grouping["points_at_once"]) for s in SLICES if s.name in args.slices}
     payload = {"settings": common.settings_record(chosen, PRESET, args, dataset),
-               "environment": report.environment(), "recipe": recipe.to_dict(), "group": grouping, "slices": slices}
+               "environment": files.environment(), "recipe": recipe.to_dict(), "group": grouping, "slices": slices}
     text = summary(slices, chosen, title)
     print(text)
     return common.write_outputs(args.out, NAME, figure(slices, title), payload, text)

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_resnet_speed import flags, interrupt, loop, model, optim, presets, report, train
+from jax_resnet_speed import flags, interrupt, loop, model, optim, presets, train
+from jax_resnet_speed.report import files
 from jax_resnet_speed.experiments import common
 
 NAME = "weight_decay"
@@ -273,7 +274,7 @@ def run(args: argparse.Namespace) -> list[str]:
     result = train_and_measure(config, data, args.seed)
     result["measured_over_predicted"] = measured_against_predicted(result, recipe)
     payload = {"settings": common.settings_record(chosen, PRESET, args, dataset),
-               "environment": report.environment(), "recipe": recipe.to_dict(), **result}
+               "environment": files.environment(), "recipe": recipe.to_dict(), **result}
     text = summary(result, recipe, title, args.scale)
     print(text)
     return common.write_outputs(args.out, NAME, figure(result, recipe, title), payload, text)

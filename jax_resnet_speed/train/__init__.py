@@ -1,4 +1,5 @@
-"""The JAX programs of a run: the train state, one jitted train step, evaluation, and a timed run (loop.py).
+"""A run in JAX: the dataset on the device, the programs of steps.py bound to a recipe and compiled
+ahead of time, and a timed run (loop.py).
 
 A library: `python -m jax_resnet_speed.train` (train/__main__.py) runs the command line of cli.py.
 """
@@ -11,33 +12,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jax_resnet_speed import augment, compilation, interrupt, loop, model as model_lib, optim, parallel
+from jax_resnet_speed import augment, compilation, interrupt, loop, optim, parallel
 from jax_resnet_speed.data import Dataset
 from jax_resnet_speed.presets import Recipe
-from jax_resnet_speed.settings import EVAL_BATCH, IMAGE_SIZE, RunConfig
-
-PRECISIONS = {"bf16": jnp.bfloat16, "fp16": jnp.float16, "fp32": jnp.float32}  # settings.PRECISIONS' dtypes
-
-
-class TrainState(flax.struct.PyTreeNode):
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    constants: Any  # frozen: the whitening filters
-    opt_state: Any
-    hyper: optim.Hyper  # traced: a group of runs can vmap over them (group.py)
-    ema: Any  # {"params", "batch_stats"}, or None without EMA
-    loss_scale: optim.LossScale | None  # fp16 only
-    totals: jax.Array  # running [loss sum, correct, examples] over the whole run
-    rng: jax.Array
-    slow: Any = None  # lookahead's slow copy {"params", "batch_stats"}, or None without lookahead
+from jax_resnet_speed.settings import EVAL_BATCH, IMAGE_SIZE, RunConfig  # noqa: F401 (IMAGE_SIZE: the package's)
+from jax_resnet_speed.train import steps
+# The package's names for the state and what is evaluated (steps.py defines them beside the programs).
+from jax_resnet_speed.train.steps import PRECISIONS, TrainState, eval_variables, logits_with_tta  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +74,23 @@ def put_on_device(dataset: Dataset, recipe: Recipe, dtype: Any, mesh: Mesh | Non
 
 
 @dataclasses.dataclass(frozen=True)
+class Bound:
+    """A program of steps.py with its Setup given: called, lowered and vmapped on the arrays alone."""
+
+    program: Any  # jitted, with the Setup as its first (static) argument
+    setup: steps.Setup
+
+    def __call__(self, *arrays: Any) -> Any:
+        return self.program(self.setup, *arrays)
+
+    def lower(self, *arrays: Any) -> jax.stages.Lowered:
+        return self.program.lower(self.setup, *arrays)
+
+
+@dataclasses.dataclass(frozen=True)
 class Programs:
-    """The pure functions of a run, jitted (and, after `compile`, compiled ahead of time)."""
+    """The programs of a run: steps.py's, bound to its Setup (build_programs); after compile_programs,
+    compiled ahead of time; vmapped over a group in group.py."""
 
     init: Callable[[jax.Array, jax.Array, optim.Hyper], TrainState]
     epoch_batches: Callable[[jax.Array, jax.Array], jax.Array]
@@ -103,127 +105,13 @@ class Programs:
 
 
 def build_programs(config: RunConfig, data: DeviceData) -> Programs:
-    """The pure functions of a run for this recipe and data shape; nothing is traced yet."""
-    recipe = config.recipe
-    spec, opt, aug = recipe.network, recipe.optimiser, recipe.data
-    net = model_lib.for_recipe(recipe, config.width_mult, PRECISIONS[config.precision])
-    steps_per_epoch = data.num_train // aug.batch_size
-    run_steps = recipe.run_steps(steps_per_epoch)
-    schedule = optim.lr_schedule(recipe, steps_per_epoch)
-    ema_momentum = opt.ema.momentum_per_step(run_steps) if opt.ema else None
-    pad = aug.crop_padding
-
-    def make_optimizer(hyper):
-        return optim.make_optimizer(recipe, schedule, aug.batch_size, hyper, steps_per_epoch)
-
-    def init(key, train_padded, hyper):
-        init_key, rng = jax.random.split(key)
-        train_images = train_padded[:, pad:pad + IMAGE_SIZE, pad:pad + IMAGE_SIZE]
-        variables = net.init(init_key, train_images[:1], train=False)
-        params, batch_stats = variables["params"], variables.get("batch_stats", {})  # {}: a net without BN
-        constants = {}
-        if spec.stem.kind in ("whitening", "whitening-bias"):
-            constants = {"whitening": model_lib.whitening_filters(spec, train_images[:spec.stem.whitening_images])}
-        weights = {"params": params, "batch_stats": batch_stats}
-        return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, constants=constants,
-            opt_state=make_optimizer(hyper).init(params), hyper=hyper,
-            ema=weights if opt.ema else None,
-            loss_scale=optim.LossScale.create() if config.precision == "fp16" else None,
-            totals=jnp.zeros(3, jnp.float32), rng=rng, slow=weights if opt.lookahead else None)
-
-    def epoch_batches(rng, epoch):
-        return augment.epoch_batches(jax.random.fold_in(rng, epoch), data.num_train, aug.batch_size)
-
-    def train_step(state: TrainState, images, labels, batches) -> TrainState:
-        idx = batches[state.step % steps_per_epoch]
-        x = augment.augment(jax.random.fold_in(state.rng, state.step), images[idx], IMAGE_SIZE,
-                            aug.flip and not aug.alternating_flip, aug.cutout)
-        if aug.alternating_flip:
-            # One draw per image for the whole run (its own stream of the run's key), mirrored
-            # as a whole on odd epochs.
-            x = augment.alternating_flip(jax.random.fold_in(state.rng, augment.FLIP_STREAM), x, idx,
-                                         state.step // steps_per_epoch)
-        y = labels[idx]
-        x, y = parallel.shard_batch(data.mesh, x, y)
-        scale = state.loss_scale.scale if state.loss_scale is not None else 1.0
-
-        def loss_fn(params):
-            variables = {"params": params, "batch_stats": state.batch_stats, "constants": state.constants}
-            logits, updates = net.apply(variables, x, train=True, mutable=["batch_stats"])
-            losses = optim.smoothed_cross_entropy(logits, y, opt.label_smoothing)
-            return losses.sum() * scale, (losses, logits, updates.get("batch_stats", {}))
-
-        grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-        grads = jax.tree.map(lambda g: g / scale, grads)
-        optimizer = make_optimizer(state.hyper)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        new = state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
-                            batch_stats=batch_stats)
-        if state.loss_scale is not None:
-            # fp16: an overflowing step is skipped and the loss scale halved.
-            finite = optim.all_finite(grads)
-            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-            new = new.replace(loss_scale=state.loss_scale.adjust(finite))
-        if opt.ema:
-            live = {"params": new.params, "batch_stats": new.batch_stats}
-            new = new.replace(ema=optim.ema_update(state.ema, live, state.step, ema_momentum, opt.ema.every))
-        if opt.lookahead:
-            slow, live = optim.lookahead_update(state.slow, {"params": new.params, "batch_stats": new.batch_stats},
-                                                state.step + 1, run_steps, opt.lookahead.decay, opt.lookahead.every)
-            new = new.replace(slow=slow, params=live["params"], batch_stats=live["batch_stats"])
-        correct = jnp.sum(jnp.argmax(logits, -1) == y)
-        totals = state.totals + jnp.stack([losses.sum(), correct, y.size]).astype(jnp.float32)
-        return new.replace(step=state.step + 1, totals=totals)
-
-    def train_steps(state: TrainState, images, labels, batches) -> TrainState:
-        return jax.lax.fori_loop(0, steps_per_epoch, lambda _, s: train_step(s, images, labels, batches), state)
-
-    def evaluate(variables, images, labels):
-        """[correct, correct with flip TTA, loss sum, examples] over the padded test set."""
-        def one_batch(batch):
-            x, y = parallel.shard_batch(data.mesh, *batch)
-            logits, tta = logits_with_tta(lambda v: net.apply(variables, v, train=False), x,
-                                          recipe.evaluation.tta_shift)
-            valid = y >= 0
-            loss = optim.smoothed_cross_entropy(logits, jnp.maximum(y, 0), opt.label_smoothing)
-            return jnp.stack([jnp.sum((jnp.argmax(logits, -1) == y) & valid),
-                              jnp.sum((jnp.argmax(tta, -1) == y) & valid),
-                              jnp.sum(loss * valid), jnp.sum(valid)]).astype(jnp.float32)
-
-        return jax.lax.map(one_batch, (images, labels)).sum(axis=0)
-
-    # On a mesh the state (and every other output) stays replicated; only batches are split.
-    placed = {} if data.mesh is None else {"out_shardings": parallel.replicated(data.mesh)}
-    return Programs(init=jax.jit(init, **placed), epoch_batches=jax.jit(epoch_batches, **placed),
-                    train_step=jax.jit(train_step, donate_argnums=0, **placed),
-                    train_steps=jax.jit(train_steps, donate_argnums=0, **placed), evaluate=jax.jit(evaluate, **placed),
-                    schedule=schedule, steps_per_epoch=steps_per_epoch, hyper=optim.Hyper.of(recipe),
-                    loop=config.loop, run_steps=run_steps)
-
-
-def logits_with_tta(apply: Callable[[jax.Array], jax.Array], images: jax.Array,
-                    shift: int = 0) -> tuple[jax.Array, jax.Array]:
-    """Plain logits, and the mean of the logits of each image and of its left-right mirror.
-
-    With `shift` > 0 (airbench's 6 views), that mean weighs 1/2, and the same mean for the image
-    shifted `shift` pixels up-left and down-right (a crop of its reflect-padding) 1/4 each.
-    """
-    logits = apply(images)
-    mirrored = (logits + apply(images[:, :, ::-1])) / 2
-    if not shift:
-        return logits, mirrored
-    size = images.shape[1]
-    padded = augment.reflect_pad(images, shift)
-    shifted = [padded[:, :size, :size], padded[:, 2 * shift:2 * shift + size, 2 * shift:2 * shift + size]]
-    pairs = [(apply(x) + apply(x[:, :, ::-1])) / 2 for x in shifted]
-    return logits, mirrored / 2 + (pairs[0] + pairs[1]) / 4
-
-
-def eval_variables(state: TrainState) -> dict:
-    """The weights that are evaluated: the EMA copy when the recipe keeps one."""
-    weights = state.ema or {"params": state.params, "batch_stats": state.batch_stats}
-    return {**weights, "constants": state.constants}
+    """The programs of steps.py for this recipe and data shape; nothing is traced yet."""
+    setup = steps.Setup(config.recipe, config.width_mult, config.precision, data.num_train, data.mesh)
+    return Programs(init=Bound(steps.init, setup), epoch_batches=Bound(steps.epoch_batches, setup),
+                    train_step=Bound(steps.train_step, setup), train_steps=Bound(steps.train_steps, setup),
+                    evaluate=Bound(steps.evaluate, setup), schedule=setup.schedule,
+                    steps_per_epoch=setup.steps_per_epoch, hyper=optim.Hyper.of(config.recipe), loop=config.loop,
+                    run_steps=setup.run_steps)
 
 
 def compile_init(programs: Programs, key: jax.Array, train_padded: jax.Array, hyper: optim.Hyper) -> Callable:

@@ -1,0 +1,197 @@
+"""The pure functions of a run, each jitted here: init, the epoch shuffle, the train step, a whole
+epoch of train steps, and evaluation.
+
+Each takes a `Setup` first, as a static argument: the recipe and the data's shape, which decide
+what is traced. The arrays (state, images, labels, batch indices) are the traced arguments.
+train.build_programs binds a Setup to each (`Programs`), so the rest of the package calls
+`programs.train_step(state, images, labels, batches)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from jax_resnet_speed import augment, model as model_lib, optim, parallel
+from jax_resnet_speed.presets import Recipe
+from jax_resnet_speed.settings import IMAGE_SIZE
+
+PRECISIONS = {"bf16": jnp.bfloat16, "fp16": jnp.float16, "fp32": jnp.float32}  # settings.PRECISIONS' dtypes
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    constants: Any  # frozen: the whitening filters
+    opt_state: Any
+    hyper: optim.Hyper  # traced: a group of runs can vmap over them (group.py)
+    ema: Any  # {"params", "batch_stats"}, or None without EMA
+    loss_scale: optim.LossScale | None  # fp16 only
+    totals: jax.Array  # running [loss sum, correct, examples] over the whole run
+    rng: jax.Array
+    slow: Any = None  # lookahead's slow copy {"params", "batch_stats"}, or None without lookahead
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What the programs are traced for beside their arrays. Hashable: every program takes it as a
+    static argument, so an equal Setup reuses the traced programs and a different one traces anew."""
+
+    recipe: Recipe
+    width_mult: float
+    precision: str  # a key of PRECISIONS
+    num_train: int  # training images on the device
+    mesh: Mesh | None = None  # batches are split over it, everything else replicated (parallel.py)
+
+    @functools.cached_property
+    def net(self) -> model_lib.Network:
+        return model_lib.for_recipe(self.recipe, self.width_mult, PRECISIONS[self.precision])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_train // self.recipe.data.batch_size
+
+    @property
+    def run_steps(self) -> int:
+        """The run's length; a fractional run ends with a partial epoch."""
+        return self.recipe.run_steps(self.steps_per_epoch)
+
+    @functools.cached_property
+    def schedule(self) -> optax.Schedule:
+        return optim.lr_schedule(self.recipe, self.steps_per_epoch)
+
+    def optimizer(self, hyper: optim.Hyper) -> optax.GradientTransformation:
+        return optim.make_optimizer(self.recipe, self.schedule, self.recipe.data.batch_size, hyper,
+                                    self.steps_per_epoch)
+
+
+@functools.partial(jax.jit, static_argnames="setup")
+def init(setup: Setup, key: jax.Array, train_padded: jax.Array, hyper: optim.Hyper) -> TrainState:
+    """A new run's state: the weights from `key`, the whitening filters from the first images."""
+    spec, opt, pad = setup.recipe.network, setup.recipe.optimiser, setup.recipe.data.crop_padding
+    init_key, rng = jax.random.split(key)
+    train_images = train_padded[:, pad:pad + IMAGE_SIZE, pad:pad + IMAGE_SIZE]
+    variables = setup.net.init(init_key, train_images[:1], train=False)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})  # {}: a net without BN
+    constants = {}
+    if spec.stem.kind in ("whitening", "whitening-bias"):
+        constants = {"whitening": model_lib.whitening_filters(spec, train_images[:spec.stem.whitening_images])}
+    weights = {"params": params, "batch_stats": batch_stats}
+    return parallel.replicate(setup.mesh, TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, constants=constants,
+        opt_state=setup.optimizer(hyper).init(params), hyper=hyper,
+        ema=weights if opt.ema else None,
+        loss_scale=optim.LossScale.create() if setup.precision == "fp16" else None,
+        totals=jnp.zeros(3, jnp.float32), rng=rng, slow=weights if opt.lookahead else None))
+
+
+@functools.partial(jax.jit, static_argnames="setup")
+def epoch_batches(setup: Setup, rng: jax.Array, epoch: jax.Array) -> jax.Array:
+    """The epoch's shuffle: (steps_per_epoch, batch_size) indices into the training images."""
+    batches = augment.epoch_batches(jax.random.fold_in(rng, epoch), setup.num_train, setup.recipe.data.batch_size)
+    return parallel.replicate(setup.mesh, batches)
+
+
+@functools.partial(jax.jit, static_argnames="setup", donate_argnames="state")
+def train_step(setup: Setup, state: TrainState, images: jax.Array, labels: jax.Array,
+               batches: jax.Array) -> TrainState:
+    """One optimiser step on the batch `batches[state.step % steps_per_epoch]`, augmented on the device."""
+    net, opt, aug, steps_per_epoch = setup.net, setup.recipe.optimiser, setup.recipe.data, setup.steps_per_epoch
+    idx = batches[state.step % steps_per_epoch]
+    x = augment.augment(jax.random.fold_in(state.rng, state.step), images[idx], IMAGE_SIZE,
+                        aug.flip and not aug.alternating_flip, aug.cutout)
+    if aug.alternating_flip:
+        # One draw per image for the whole run (its own stream of the run's key), mirrored
+        # as a whole on odd epochs.
+        x = augment.alternating_flip(jax.random.fold_in(state.rng, augment.FLIP_STREAM), x, idx,
+                                     state.step // steps_per_epoch)
+    y = labels[idx]
+    x, y = parallel.shard_batch(setup.mesh, x, y)
+    scale = state.loss_scale.scale if state.loss_scale is not None else 1.0
+
+    def loss_fn(params):
+        variables = {"params": params, "batch_stats": state.batch_stats, "constants": state.constants}
+        logits, updates = net.apply(variables, x, train=True, mutable=["batch_stats"])
+        losses = optim.smoothed_cross_entropy(logits, y, opt.label_smoothing)
+        return losses.sum() * scale, (losses, logits, updates.get("batch_stats", {}))
+
+    grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.tree.map(lambda g: g / scale, grads)
+    optimizer = setup.optimizer(state.hyper)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new = state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
+                        batch_stats=batch_stats)
+    if state.loss_scale is not None:
+        # fp16: an overflowing step is skipped and the loss scale halved.
+        finite = optim.all_finite(grads)
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        new = new.replace(loss_scale=state.loss_scale.adjust(finite))
+    if opt.ema:
+        live = {"params": new.params, "batch_stats": new.batch_stats}
+        ema_momentum = opt.ema.momentum_per_step(setup.run_steps)
+        new = new.replace(ema=optim.ema_update(state.ema, live, state.step, ema_momentum, opt.ema.every))
+    if opt.lookahead:
+        slow, live = optim.lookahead_update(state.slow, {"params": new.params, "batch_stats": new.batch_stats},
+                                            state.step + 1, setup.run_steps, opt.lookahead.decay, opt.lookahead.every)
+        new = new.replace(slow=slow, params=live["params"], batch_stats=live["batch_stats"])
+    correct = jnp.sum(jnp.argmax(logits, -1) == y)
+    totals = state.totals + jnp.stack([losses.sum(), correct, y.size]).astype(jnp.float32)
+    return parallel.replicate(setup.mesh, new.replace(step=state.step + 1, totals=totals))
+
+
+@functools.partial(jax.jit, static_argnames="setup", donate_argnames="state")
+def train_steps(setup: Setup, state: TrainState, images: jax.Array, labels: jax.Array,
+                batches: jax.Array) -> TrainState:
+    """A whole epoch of train_step in one program: the step's Python function is the loop's body
+    (a call of the jitted step would pass the loop its arrays in another order: another StableHLO)."""
+    step = train_step.__wrapped__
+    return jax.lax.fori_loop(0, setup.steps_per_epoch, lambda _, s: step(setup, s, images, labels, batches), state)
+
+
+@functools.partial(jax.jit, static_argnames="setup")
+def evaluate(setup: Setup, variables: dict, images: jax.Array, labels: jax.Array) -> jax.Array:
+    """[correct, correct with flip TTA, loss sum, examples] over the padded test set."""
+    def one_batch(batch):
+        x, y = parallel.shard_batch(setup.mesh, *batch)
+        logits, tta = logits_with_tta(lambda v: setup.net.apply(variables, v, train=False), x,
+                                      setup.recipe.evaluation.tta_shift)
+        valid = y >= 0
+        loss = optim.smoothed_cross_entropy(logits, jnp.maximum(y, 0), setup.recipe.optimiser.label_smoothing)
+        return jnp.stack([jnp.sum((jnp.argmax(logits, -1) == y) & valid),
+                          jnp.sum((jnp.argmax(tta, -1) == y) & valid),
+                          jnp.sum(loss * valid), jnp.sum(valid)]).astype(jnp.float32)
+
+    return parallel.replicate(setup.mesh, jax.lax.map(one_batch, (images, labels)).sum(axis=0))
+
+
+def logits_with_tta(apply: Callable[[jax.Array], jax.Array], images: jax.Array,
+                    shift: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Plain logits, and the mean of the logits of each image and of its left-right mirror.
+
+    With `shift` > 0 (airbench's 6 views), that mean weighs 1/2, and the same mean for the image
+    shifted `shift` pixels up-left and down-right (a crop of its reflect-padding) 1/4 each.
+    """
+    logits = apply(images)
+    mirrored = (logits + apply(images[:, :, ::-1])) / 2
+    if not shift:
+        return logits, mirrored
+    size = images.shape[1]
+    padded = augment.reflect_pad(images, shift)
+    shifted = [padded[:, :size, :size], padded[:, 2 * shift:2 * shift + size, 2 * shift:2 * shift + size]]
+    pairs = [(apply(x) + apply(x[:, :, ::-1])) / 2 for x in shifted]
+    return logits, mirrored / 2 + (pairs[0] + pairs[1]) / 4
+
+
+def eval_variables(state: TrainState) -> dict:
+    """The weights that are evaluated: the EMA copy when the recipe keeps one."""
+    weights = state.ema or {"params": state.params, "batch_stats": state.batch_stats}
+    return {**weights, "constants": state.constants}
