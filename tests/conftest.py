@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 
-# Files whose module-scoped fixtures compile programs or run subprocesses. Under --dist loadgroup each
-# file's tests stay on one worker, so those fixtures are built once; every other test is scheduled alone.
+# Files whose fixtures compile programs or run subprocesses. Under --dist loadgroup each file's tests
+# stay on one worker, so those fixtures are built once; every other test is scheduled alone. The
+# fixtures are session-scoped: the worker may run other files' tests between a file's tests (measured:
+# test_parallel's tiny runs were made twice), and a module-scoped fixture is rebuilt after each.
 ONE_WORKER_FILES = ("test_data.py", "test_group.py", "test_parallel.py", "test_train.py", "test_xla_report.py")
 
 

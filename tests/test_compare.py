@@ -13,7 +13,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:this is not the full CIFAR-10")
 # torch.compile'd run costs the most (its warm-up compiles the train and eval graphs); the shapes barely
 # change that, the number of graphs does, and each framework still compiles once.
 TINY = ["--width-mult", "0.0625", "--batch-size", "32", "--precision", "fp32", "--epochs", "1",
-        "--train-subset", "64", "--test-subset", "50", "--preset", "myrtle-final"]
+        "--train-subset", "64", "--test-subset", "50", "--preset", "myrtle-resnet9"]
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def fake_split(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, (np.arange(count) % len(CLASSES)).astype(np.int32)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cifar():
     train_images, train_labels = fake_split(5 * TRAIN_PER_BATCH, seed=0)
     test_images, test_labels = fake_split(TEST_COUNT, seed=1)

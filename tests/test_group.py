@@ -13,21 +13,21 @@ POINTS = [(0, 1.0, 5e-4, 0.9), (1, 0.5, 1e-3, 0.8), (0, 2.0, 2.5e-4, 0.95)]  # s
 RECIPE = presets.get_preset("myrtle-resnet9").with_epochs(2).replace(**{"data.batch_size": 128})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data(learnable_data):
     train_images, train_labels, test_images, test_labels = learnable_data
     return train.put_on_device(in_memory(train_images[:512], train_labels[:512], test_images, test_labels, MEAN, STD),
                                RECIPE, np.float32)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def grouped(data):
     """The recipe's programs vmapped: one set of compiled programs serves every group of 3 here,
     since the hyperparameters are traced."""
     return group.vmapped(train.build_programs(train.RunConfig(RECIPE, "fp32", 0.125), data))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def single(data):
     """One run's programs, compiled once: each point's hyperparameters go in through its Hyper, which
     steps as the recipe with those values written in (test_optim.py)."""

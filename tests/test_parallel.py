@@ -14,7 +14,7 @@ FOUR_DEVICES = {**os.environ,
 TINY = ["--width-mult", "0.125", "--batch-size", "128", "--precision", "fp32", "--preset", "myrtle-final"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def four_devices(tmp_path_factory):
     """tests/four_devices.py's measurements: one step and evaluation on one device and on four."""
     out = tmp_path_factory.mktemp("four") / "result.json"
@@ -48,7 +48,7 @@ def run_train(*args, env=None):
                           timeout=900, env=env)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_runs(tiny_npz, tmp_path_factory):
     """One epoch (4 steps) of a tiny myrtle-final on one device and on four, HLO dumped: {devices: (JSON, stdout)}."""
     folder = tmp_path_factory.mktemp("tiny-runs")

@@ -59,7 +59,7 @@ def test_test_set_is_padded_into_whole_batches_with_masked_labels():
 FINAL = tiny("myrtle-final", epochs=8, **{"data.batch_size": 64})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest.ONE_WORKER_FILES
 def final(learnable_data):
     return compiled(FINAL, learnable_data)
 
@@ -125,7 +125,7 @@ def first_images(learnable_data, n):
 SMALL = tiny("myrtle-final", epochs=2, **{"data.batch_size": 64})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small_by_loop(learnable_data):
     data = first_images(learnable_data, 192)
     return {loop: compiled(dataclasses.replace(SMALL, loop=loop), data) for loop in compilation.LOOPS}
@@ -169,9 +169,12 @@ def test_reduced_precision_trains_with_finite_loss(precision, learnable_data):
 
 
 @pytest.mark.parametrize("loop", compilation.LOOPS)
-def test_diverging_loss_stops_the_run(loop, final, small_by_loop):
+def test_diverging_loss_stops_the_run(loop, request):
     """An lr 1e20 times the recipe's: the loss is not finite after the first epoch, and the run stops."""
-    (programs, data), config = (final, FINAL) if loop == "step" else (small_by_loop["epoch"], SMALL)
+    if loop == "step":
+        (programs, data), config = request.getfixturevalue("final"), FINAL
+    else:
+        (programs, data), config = request.getfixturevalue("small_by_loop")["epoch"], SMALL
     config = dataclasses.replace(config, loop=loop)
     programs = dataclasses.replace(programs, hyper=optim.Hyper.of(config.recipe, lr_scale=1e20))
     record = {}
@@ -206,7 +209,7 @@ def test_fractional_epochs_end_inside_the_last_epoch():
     assert settings.epoch_steps(recipe.with_epochs(2), 10) == [10, 10]
 
 
-@pytest.fixture(scope="module", params=["airbench94", "airbench94-muon"])
+@pytest.fixture(scope="session", params=["airbench94", "airbench94-muon"])
 def airbench_run(request, learnable_data):
     """One tiny run of each airbench preset (compiled once for the module).
 

@@ -93,7 +93,7 @@ ENTRY %main.10 (Arg_0.1: bf16[8,64,32,32], Arg_1.2: bf16[64,3,3,64], Arg_2.3: f3
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def dumps(tmp_path_factory) -> dict[str, Path]:
     """XLA dumps of the tiny model's train step in bf16 and f32, made in parallel subprocesses."""
     root = tmp_path_factory.mktemp("xla")
