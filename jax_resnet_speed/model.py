@@ -101,7 +101,10 @@ def conv(features: int, kernel: int, stride: int, dtype: Any, name: str | None =
 
 
 class ConvBlock(nn.Module):
-    """conv -> BN -> act (post-activation), with an optional 2x2 max-pool after the conv or at the end."""
+    """conv -> BN -> act (post-activation), with an optional 2x2 max-pool after the conv or at the end.
+
+    Without `activate` it ends at the BN, in the BN's dtype (a residual adds to it, then activates).
+    """
 
     features: int
     spec: NetworkSpec
@@ -109,6 +112,7 @@ class ConvBlock(nn.Module):
     pool: bool = False
     kernel: int = 3
     stride: int = 1
+    activate: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -119,6 +123,8 @@ class ConvBlock(nn.Module):
             x = nn.max_pool(x, (2, 2), (2, 2))
         if s.batch_norm.enabled:
             x = batch_norm(s, train, self.dtype)(x, train)
+        if not self.activate:
+            return x
         x = activation(s, x).astype(self.dtype)
         if self.pool and not s.stages.pool_before_bn:
             x = nn.max_pool(x, (2, 2), (2, 2))
@@ -213,8 +219,12 @@ class Network(nn.Module):
             stride = 2 if downsamples and not pool else 1
             kernel = 1 if stages.downsample == "conv1x1" else 3
             x = ConvBlock(width, s, dtype, pool=pool, kernel=kernel, stride=stride, name=f"layer{i}")(x, train)
+            first = x
             for j in range(2, stages.convs + 1):
-                x = ConvBlock(width, s, dtype, name=f"layer{i}_conv{j}")(x, train)
+                last = j == stages.convs and stages.residual_over_last
+                x = ConvBlock(width, s, dtype, activate=not last, name=f"layer{i}_conv{j}")(x, train)
+            if stages.residual_over_last:
+                x = activation(s, x + first).astype(dtype)
             for j in range(blocks):
                 x = Residual(width, s, dtype, name=f"res{i}" if j == 0 else f"res{i}_{j + 1}")(x, train)
         features = jnp.max(x, axis=(1, 2))

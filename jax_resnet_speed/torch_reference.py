@@ -111,11 +111,12 @@ class ConvBlock(nn.Module):
     """conv -> BN -> act (post-activation), with an optional 2x2 max-pool after the conv or at the end."""
 
     def __init__(self, in_channels: int, out_channels: int, spec: NetworkSpec, dtype: torch.dtype,
-                 pool: bool = False, kernel: int = 3, stride: int = 1):
+                 pool: bool = False, kernel: int = 3, stride: int = 1, activate: bool = True):
         super().__init__()
         self.conv = conv(in_channels, out_channels, kernel, stride, spec.conv_init)
         self.bn = GhostBatchNorm(out_channels, spec, dtype)
         self.act = activation(spec)
+        self.activate = activate  # False: end at the BN, in its dtype (model.ConvBlock)
         self.pool_first = pool and spec.stages.pool_before_bn
         self.pool_last = pool and not spec.stages.pool_before_bn
         self.dtype = dtype
@@ -124,6 +125,8 @@ class ConvBlock(nn.Module):
         x = self.conv(x)
         if self.pool_first:
             x = F.max_pool2d(x, 2)
+        if not self.activate:
+            return self.bn(x)
         # BN and the activation run in the BN's dtype; what the next conv reads is in the compute dtype.
         x = self.act(self.bn(x)).to(self.dtype)
         if self.pool_last:
@@ -198,6 +201,7 @@ class Network(nn.Module):
             self.register_buffer("whitening", None)
             self.prep = ConvBlock(3, stem_width, spec, dtype) if spec.stem.bn else conv(3, stem_width, 3)
         self.body: list[str] = []  # the names of the modules after the stem, in order
+        self.residual_over: dict[str, str] = {}  # a module -> the earlier one whose output its own adds
         channels = stem_width
         stages = spec.stages
         layout = zip(stage_widths, stages.downsamples, stages.residual_blocks)
@@ -214,7 +218,10 @@ class Network(nn.Module):
             self._add(f"layer{i}", ConvBlock(channels, width, spec, dtype, pool=pool, kernel=kernel, stride=stride))
             channels = width
             for j in range(2, stages.convs + 1):
-                self._add(f"layer{i}_conv{j}", ConvBlock(width, width, spec, dtype))
+                last = j == stages.convs and stages.residual_over_last
+                self._add(f"layer{i}_conv{j}", ConvBlock(width, width, spec, dtype, activate=not last))
+                if last:  # the stage's first unit's output is added back here, then activated
+                    self.residual_over[f"layer{i}_conv{j}"] = f"layer{i}"
             for j in range(blocks):
                 self._add(f"res{i}" if j == 0 else f"res{i}_{j + 1}", Residual(width, spec, dtype))
         self.avg_and_max = spec.head.pool == "avg+max"
@@ -225,6 +232,7 @@ class Network(nn.Module):
             with torch.no_grad():
                 self.classifier.weight /= self.classifier.weight.std(correction=0)
         self.logit_scale = spec.head.logit_scale
+        self.act = activation(spec)
         self.dtype = dtype
 
     def _add(self, name: str, module: nn.Module) -> None:
@@ -237,8 +245,12 @@ class Network(nn.Module):
         elif self.whitening is not None:
             x = F.conv2d(x, self.whitening, padding=1)
         x = self.prep(x)
+        outputs = {}
         for name in self.body:
             x = getattr(self, name)(x)
+            if name in self.residual_over:
+                x = self.act(x + outputs[self.residual_over[name]]).to(self.dtype)
+            outputs[name] = x
         features = x.amax(dim=(2, 3))
         if self.avg_and_max:
             # The average first, then the max, as model.Network concatenates them; the mean in float32.

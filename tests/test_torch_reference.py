@@ -217,6 +217,28 @@ def test_every_preset_has_the_flax_networks_tensors(preset):
     assert ours(torch.randn(32, 3, 32, 32)).shape == (32, 10)  # a train-mode batch for 16 ghost splits
 
 
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_airbench96s_residual_groups_compute_what_jaxs_do(train_mode):
+    """The residual over each group's last two convs (airbench96), forward, from the same weights:
+    the logits and (in training) the BN statistics agree to float32 rounding."""
+    spec = presets.get_preset("airbench96").network
+    net = model.for_recipe(presets.get_preset("airbench96"), width_mult=0.125)
+    x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+    variables = net.init(jax.random.key(0), x, train=False)
+    whitening = jax.random.normal(jax.random.key(2), model.whitening_shape(spec)) / 4
+    variables = {**variables, "constants": {"whitening": whitening}}
+    logits, updates = net.apply(variables, x, train=train_mode, mutable=["batch_stats"])
+    ours = tr.Network(spec, model.scaled_widths(spec, 0.125), torch.float32, np.array(whitening).transpose(3, 2, 0, 1))
+    load(ours, {**as_torch(variables["params"]), **as_torch(variables["batch_stats"])},
+         np.array(whitening).transpose(3, 2, 0, 1))
+    ours.train(train_mode)
+    with torch.no_grad():
+        torch_logits = ours(torch.from_numpy(np.array(x).transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(torch_logits, logits, rtol=1e-4, atol=1e-5)
+    for name, value in as_torch(updates["batch_stats"]).items():
+        np.testing.assert_allclose(ours.state_dict()[name].numpy(), value, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
 @pytest.mark.parametrize("preset, drawn", [("airbench94", False), ("airbench94-muon", True)])
 def test_whitening_bias_starts_as_the_jax_one_does(preset, drawn):
     """Zero, or (airbench94_muon) nn.Conv2d's default draw U(+-1/sqrt(3 x 2 x 2)), as model.py's."""
