@@ -211,6 +211,10 @@ class Data:
     # every odd epoch mirrors the whole set, so every image is seen both ways every two epochs.
     alternating_flip: bool = False
     cutout: int = 0  # side of the zeroed square; 0 turns cutout off
+    # The record's colour jitter, last, on normalised images: per image, add a shift uniform in
+    # [-brightness, brightness], then multiply by a factor uniform in [1 - contrast, 1 + contrast]. 0: off.
+    brightness_jitter: float = 0.0
+    contrast_jitter: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +223,11 @@ class Evaluation:
     # With tta_shift s > 0, airbench's 6 views: that pair weighted 1/2, and the same pair of the
     # image shifted s pixels up-left and down-right (reflect-padded) weighted 1/4 each.
     tta_shift: int = 0
+    # The record's views (tta.equal_weight_views): the same 6, weighted alike.
+    tta_equal_weights: bool = False
+    # Selective TTA (the record's): > 0 evaluates every test image plainly, then replaces the logits
+    # of the int(fraction x n) least confident with their TTA logits; the "tta" accuracy is that.
+    tta_selective_fraction: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

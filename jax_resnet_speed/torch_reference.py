@@ -34,7 +34,7 @@ except ImportError as error:
         raise SystemExit(f"error: {INSTALL_HINT}") from None
     raise ImportError(INSTALL_HINT) from error
 
-from jax_resnet_speed import cli, flags, interrupt, loop, settings
+from jax_resnet_speed import cli, flags, interrupt, loop, settings, torch_pieces
 from jax_resnet_speed.data import DataError, Dataset
 from jax_resnet_speed.presets import UNTRAINED_WHITENING_BIAS, Data, Network as NetworkSpec, Recipe, WhiteningBias
 from jax_resnet_speed.settings import EVAL_BATCH, IMAGE_SIZE, RunConfig
@@ -352,7 +352,8 @@ def put_on_device(dataset: Dataset, recipe: Recipe, dtype: torch.dtype, device: 
 def augment(padded: torch.Tensor, idx: torch.Tensor, aug: Data, generator: torch.Generator,
             memory_format: torch.memory_format, flip_coins: torch.Tensor | None = None,
             epoch: int = 0) -> torch.Tensor:
-    """A random crop of each indexed image, then a random flip, then cutout: Myrtle's order (`recipe.data`).
+    """A random crop of each indexed image, then a random flip, then cutout: Myrtle's order (`recipe.data`);
+    then the colour jitter, when the recipe has it.
 
     With alternating flip (augment.alternating_flip) image i is mirrored when flip_coins[i],
     its one coin for the run, differs from the parity of the (0-based) epoch.
@@ -379,6 +380,8 @@ def augment(padded: torch.Tensor, idx: torch.Tensor, aug: Data, generator: torch
         ys, xs = randint(span, (batch, 1, 1, 1)), randint(span, (batch, 1, 1, 1))
         r, c = offsets.view(1, 1, -1, 1), offsets.view(1, 1, 1, -1)
         x = x.masked_fill((r >= ys) & (r < ys + size) & (c >= xs) & (c < xs + size), 0)
+    if aug.brightness_jitter or aug.contrast_jitter:
+        x = torch_pieces.colour_jitter(x, aug.brightness_jitter, aug.contrast_jitter, generator)
     return x.contiguous(memory_format=memory_format)
 
 

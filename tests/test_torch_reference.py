@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -278,6 +279,24 @@ def test_augmentation_crops_flips_and_cuts_out_on_the_device():
         windows = [padded[source, :, y:y + 32, x:x + 32] for y in range(9) for x in range(9)]
         windows += [w.flip(2) for w in windows]
         assert any(torch.equal(torch.where(zeroed, 0, w), image) for w in windows)
+
+
+def test_colour_jitter_comes_last_one_shift_and_factor_per_image_within_the_recipes_ranges():
+    plain = presets.get_preset("airbench94").data
+    jittered = dataclasses.replace(plain, brightness_jitter=0.14, contrast_jitter=0.13)
+    padded = torch.randn(8, 3, 36, 36, generator=torch.Generator().manual_seed(1))
+    idx, coins = torch.arange(64) % 8, torch.zeros(8, dtype=torch.bool)
+    before, after = (tr.augment(padded, idx, aug, torch.Generator().manual_seed(0), torch.contiguous_format, coins)
+                     for aug in (plain, jittered))
+    # The same crops and flips (the jitter draws after them), then after = (before + shift) x factor.
+    factors, shifts = [], []
+    for x, y in zip(before.flatten(1), after.flatten(1)):
+        factor, offset = np.polyfit(x.numpy(), y.numpy(), 1)
+        np.testing.assert_allclose(y.numpy(), factor * x.numpy() + offset, atol=1e-5)
+        factors.append(factor)
+        shifts.append(offset / factor)
+    assert np.all(np.abs(np.array(factors) - 1) <= 0.13 + 1e-6) and np.all(np.abs(shifts) <= 0.14 + 1e-6)
+    assert len(set(np.round(factors, 6))) == 64  # drawn per image
 
 
 def keys_of(payload: dict) -> dict:

@@ -19,6 +19,7 @@ import optax
 from jax.sharding import Mesh
 
 from jax_resnet_speed import augment, compilation, interrupt, loop, model as model_lib, optim, parallel
+from jax_resnet_speed import tta as tta_lib
 from jax_resnet_speed.data import Dataset
 from jax_resnet_speed.presets import Recipe
 from jax_resnet_speed.settings import EVAL_BATCH, IMAGE_SIZE, RunConfig
@@ -144,6 +145,9 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
             # as a whole on odd epochs.
             x = augment.alternating_flip(jax.random.fold_in(state.rng, augment.FLIP_STREAM), x, idx,
                                          state.step // steps_per_epoch)
+        if aug.brightness_jitter or aug.contrast_jitter:
+            key = jax.random.fold_in(jax.random.fold_in(state.rng, augment.JITTER_STREAM), state.step)
+            x = augment.colour_jitter(key, x, aug.brightness_jitter, aug.contrast_jitter)
         y = labels[idx]
         x, y = parallel.shard_batch(data.mesh, x, y)
         scale = state.loss_scale.scale if state.loss_scale is not None else 1.0
@@ -179,12 +183,42 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
     def train_steps(state: TrainState, images, labels, batches) -> TrainState:
         return jax.lax.fori_loop(0, steps_per_epoch, lambda _, s: train_step(s, images, labels, batches), state)
 
+    evaluation = recipe.evaluation
+    # Selective TTA's count is of the real test images (a host read of the labels, once).
+    num_test = int(np.sum(np.asarray(data.test_labels) >= 0)) if evaluation.tta_selective_fraction else 0
+
+    def recipe_tta(apply, x):
+        if evaluation.tta_equal_weights:
+            return tta_lib.equal_weight_views(apply, x, evaluation.tta_shift)
+        return logits_with_tta(apply, x, evaluation.tta_shift)[1]
+
+    def evaluate_selective(variables, images, labels):
+        """evaluate's sums, the TTA ones from selective TTA over the whole test set."""
+        apply = lambda v: net.apply(variables, v, train=False)  # noqa: E731
+        plain = jax.lax.map(lambda batch: apply(parallel.shard_batch(data.mesh, *batch)[0]), (images, labels))
+        logits, y = plain.reshape(-1, plain.shape[-1]), labels.reshape(-1)
+        valid = y >= 0
+        selective = tta_lib.replace_least_confident(
+            logits, lambda x: recipe_tta(apply, x), images.reshape(-1, *images.shape[2:]),
+            int(evaluation.tta_selective_fraction * num_test), valid, images.shape[1])
+        loss = optim.smoothed_cross_entropy(logits, jnp.maximum(y, 0), opt.label_smoothing)
+        return jnp.stack([jnp.sum((jnp.argmax(logits, -1) == y) & valid),
+                          jnp.sum((jnp.argmax(selective, -1) == y) & valid),
+                          jnp.sum(loss * valid), jnp.sum(valid)]).astype(jnp.float32)
+
     def evaluate(variables, images, labels):
         """[correct, correct with flip TTA, loss sum, examples] over the padded test set."""
+        if evaluation.tta_selective_fraction:
+            return evaluate_selective(variables, images, labels)
+
         def one_batch(batch):
             x, y = parallel.shard_batch(data.mesh, *batch)
-            logits, tta = logits_with_tta(lambda v: net.apply(variables, v, train=False), x,
-                                          recipe.evaluation.tta_shift)
+            if evaluation.tta_equal_weights:
+                apply = lambda v: net.apply(variables, v, train=False)  # noqa: E731
+                logits, tta = apply(x), tta_lib.equal_weight_views(apply, x, evaluation.tta_shift)
+            else:
+                logits, tta = logits_with_tta(lambda v: net.apply(variables, v, train=False), x,
+                                              recipe.evaluation.tta_shift)
             valid = y >= 0
             loss = optim.smoothed_cross_entropy(logits, jnp.maximum(y, 0), opt.label_smoothing)
             return jnp.stack([jnp.sum((jnp.argmax(logits, -1) == y) & valid),
