@@ -75,10 +75,14 @@ def batch_norm(spec: NetworkSpec, train: bool, dtype: Any, name: str | None = No
                           jnp.float32 if bn.fp32 else dtype, name=name)
 
 
-def activation(spec: NetworkSpec, x: jax.Array) -> jax.Array:
-    if spec.activation == "gelu":
+def activation(spec: NetworkSpec, x: jax.Array, kind: str | None = None) -> jax.Array:
+    """The recipe's activation of x, or the one named `kind`."""
+    kind = kind or spec.activation
+    if kind == "gelu":
         return jax.nn.gelu(x, approximate=False)
-    return jax.nn.celu(x, spec.celu_alpha) if spec.activation == "celu" else jax.nn.relu(x)
+    if kind == "silu":
+        return jax.nn.silu(x)
+    return jax.nn.celu(x, spec.celu_alpha) if kind == "celu" else jax.nn.relu(x)
 
 
 def dirac_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
@@ -202,7 +206,7 @@ class Network(nn.Module):
             x = jax.lax.conv_general_dilated(
                 x, filters.value.astype(dtype), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
             bias = self.param("whitening_bias", whitening_bias_init(s), (x.shape[-1],), jnp.float32)
-            x = activation(s, x + bias.astype(dtype)).astype(dtype)
+            x = activation(s, x + bias.astype(dtype), s.stem.activation).astype(dtype)
         elif s.stem.bn:
             x = ConvBlock(stem_width, s, dtype, name="prep")(x, train)
         else:

@@ -45,6 +45,7 @@ class Stem:
     # "torch": PyTorch's default draw U(-1/sqrt(3 k k), 1/sqrt(3 k k)) (airbench94_muon's plain
     # nn.Conv2d, whose reset re-draws the bias while the whitening init writes only the weight).
     bias_init: str = "zeros"
+    activation: str | None = None  # the "whitening-bias" stem's; None: the network's (the record keeps GELU here)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +99,7 @@ class Network:
     """
 
     widths: tuple[int, ...] = (64, 128, 256, 512)  # widths[0] is the stem's, then one width per stage
-    activation: str = "relu"  # "relu", "celu" or "gelu" (exact, erf-based, as torch.nn.GELU)
+    activation: str = "relu"  # "relu", "celu", "gelu" (exact, erf-based, as torch.nn.GELU) or "silu"
     celu_alpha: float = 0.3
     # Every conv's init. "torch": PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)); "dirac": the
     # same, then the first C_in filters set to the identity (airbench), so each conv starts by passing
@@ -168,6 +169,14 @@ class Muon:
     nesterov: bool = True
     ns_steps: int = 3
     ns_dtype: str = "bf16"
+    coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)  # the quintic's (muon.NS_COEFFICIENTS)
+    # The record's form (hiverge): one batched Newton-Schulz over every filter bank zero-padded and
+    # stacked, the renormalisation only every `renormalise_every` steps, and decoupled weight decay
+    # after the update, w (1 - Muon lr(t) x weight_decay). Off (False, 1, 0.0): airbench94_muon's.
+    stacked: bool = False
+    renormalise_every: int = 1
+    weight_decay: float = 0.0
+    buffer_dtype: str = "fp32"  # the momentum buffer's: "fp16" rounds it as the record's half-precision buffer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -718,11 +727,45 @@ AIRBENCH_STEPS = (
           "optimiser.weight_decay": 0.012 / 9.0, "timing.target": 0.96}, 34.7),
 )
 
-SERIES_STEPS: dict[str, Step] = {s.name: s for s in (*POST1_TO_3, *POST4_ARCH, *POST8, *AIRBENCH_STEPS)}
+# hiverge's cifar10_speedrun.py (commit 001aea4c; docs/recipe.md), the 94% record, from airbench94_muon.
+# Its SGD groups as airbench94_muon's: whitening and BN biases lr 0.0573, the head 0.5415, each with
+# weight_decay 1.0418e-6 x B / its lr.
+RECORD_BATCH, RECORD_EPOCHS = 1536, 7.63
+RECORD_HEAD_LR, RECORD_BIAS_LR = 0.5415, 0.0573
+RECORD_STEPS = (
+    Step("record94", "the 94% record: stacked Muon, SiLU, jitter, selective TTA, batch 1536, 7.63 epochs",
+         "the 94% record (hiverge/cifar10-speedrun cifar10_speedrun.py, commit 001aea4c): airbench94_muon with "
+         "SiLU, whitening from 960 images, one batched Newton-Schulz (retuned coefficients) with renormalisation "
+         "every 8 steps and decoupled weight decay, brightness/contrast jitter, label smoothing 0.09, selective "
+         "TTA on the 20% least confident, 7.63 epochs of batch 1536 (2.015 s on an A100)",
+         {"network.activation": "silu", "network.stem.activation": "gelu", "network.stem.whitening_images": 960,
+          "network.batch_norm.momentum": 0.4434,
+          "data.batch_size": RECORD_BATCH, "data.brightness_jitter": 0.1399, "data.contrast_jitter": 0.1308,
+          "optimiser.epochs": RECORD_EPOCHS,
+          "optimiser.lr_knots": ((0, RECORD_HEAD_LR * RECORD_BATCH), (RECORD_EPOCHS, 0.0)),
+          "optimiser.momentum": 0.825,
+          "optimiser.weight_decay": 1.0418e-6 * RECORD_BATCH / RECORD_HEAD_LR / RECORD_BATCH,
+          "optimiser.bn_bias_lr_mult": RECORD_BIAS_LR / RECORD_HEAD_LR,
+          "optimiser.bn_bias_wd_mult": RECORD_HEAD_LR / RECORD_BIAS_LR,
+          "optimiser.label_smoothing": 0.09,
+          # ceil(0.19 x 32) = 7 steps, lr x (1 - t / 7).
+          "optimiser.whitening_bias.epochs": 0.19,
+          "optimiser.whitening_bias.lr_mult": RECORD_BIAS_LR / RECORD_HEAD_LR,
+          "optimiser.whitening_bias.wd_mult": RECORD_HEAD_LR / RECORD_BIAS_LR,
+          "optimiser.muon.lr": 0.205, "optimiser.muon.momentum": 0.655, "optimiser.muon.ns_dtype": "fp16",
+          "optimiser.muon.coefficients": (3.4576, -4.7391, 2.0843), "optimiser.muon.stacked": True,
+          "optimiser.muon.renormalise_every": 8, "optimiser.muon.weight_decay": 1.6002e-3,
+          "optimiser.muon.buffer_dtype": "fp16",
+          "evaluation.tta_equal_weights": True, "evaluation.tta_selective_fraction": 0.2}, 2.015),
+)
+
+SERIES_STEPS: dict[str, Step] = {s.name: s for s in (*POST1_TO_3, *POST4_ARCH, *POST8, *AIRBENCH_STEPS,
+                                                     *RECORD_STEPS)}
 _post1_to_3 = chain(POST1_BASELINE, POST1_TO_3)
 _post4 = chain(POST4_ARCH_1, POST4_ARCH)
 _post8 = chain(POST8_BASELINE, POST8)
 _airbench = chain(AIRBENCH94, AIRBENCH_STEPS)
+_record = chain(AIRBENCH94_MUON, RECORD_STEPS)
 
 # Presets grouped by post, in the order of the series.
 GROUPS: dict[str, tuple[Recipe, ...]] = {
@@ -731,13 +774,13 @@ GROUPS: dict[str, tuple[Recipe, ...]] = {
     "post 3: regularisation": tuple(_post1_to_3[2:]),
     "post 4: architecture": (*_post4[:-1], MYRTLE_RESNET9),
     "post 8: bag of tricks": (*_post8, MYRTLE_FINAL),
-    "airbench: past Myrtle": (AIRBENCH94, AIRBENCH94_MUON, *_airbench[1:]),
+    "airbench: past Myrtle": (AIRBENCH94, AIRBENCH94_MUON, *_airbench[1:], *_record[1:]),
 }
 PRESETS: dict[str, Recipe] = {r.name: r for group in GROUPS.values() for r in group}
 DEFAULT_PRESET = MYRTLE_FINAL.name
 # Each chained preset's predecessor, for the declared-change check and the series' ratios.
 PREDECESSORS: dict[str, str] = {later.name: earlier.name
-                                for steps in (_post1_to_3, _post4, _post8, _airbench)
+                                for steps in (_post1_to_3, _post4, _post8, _airbench, _record)
                                 for earlier, later in zip(steps, steps[1:])}
 
 

@@ -92,10 +92,14 @@ class GhostBatchNorm(nn.Module):
         self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
 
 
-def activation(spec: NetworkSpec) -> nn.Module:
-    if spec.activation == "gelu":
+def activation(spec: NetworkSpec, kind: str | None = None) -> nn.Module:
+    """The recipe's activation, or the one named `kind`."""
+    kind = kind or spec.activation
+    if kind == "gelu":
         return nn.GELU()
-    return nn.CELU(spec.celu_alpha) if spec.activation == "celu" else nn.ReLU()
+    if kind == "silu":
+        return nn.SiLU()
+    return nn.CELU(spec.celu_alpha) if kind == "celu" else nn.ReLU()
 
 
 def conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1, init: str = "torch") -> nn.Conv2d:
@@ -196,7 +200,7 @@ class Network(nn.Module):
             if spec.stem.bias_init == "torch":  # nn.Conv2d's default bias draw over 3 k k inputs
                 bound = 1 / math.sqrt(3 * spec.stem.whitening_kernel ** 2)
                 nn.init.uniform_(self.whitening_bias, -bound, bound)
-            self.prep = activation(spec)
+            self.prep = activation(spec, spec.stem.activation)
         else:
             self.register_buffer("whitening", None)
             self.prep = ConvBlock(3, stem_width, spec, dtype) if spec.stem.bn else conv(3, stem_width, 3)
@@ -429,9 +433,10 @@ class PageSGD(torch.optim.Optimizer):
         return None
 
 
-def newton_schulz(matrix: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
+def newton_schulz(matrix: torch.Tensor, steps: int, dtype: torch.dtype,
+                  coefficients: tuple[float, float, float] = torch_pieces.NS_COEFFICIENTS) -> torch.Tensor:
     """muon.newton_schulz: the quintic iteration towards U V^T, in `dtype`, on the wide side."""
-    a, b, c = 3.4445, -4.7750, 2.0315
+    a, b, c = coefficients
     x = matrix.to(dtype)
     x = x / (x.norm() + 1e-7)
     tall = matrix.shape[0] > matrix.shape[1]
@@ -447,9 +452,10 @@ class Muon(torch.optim.Optimizer):
     """muon.muon for OIHW conv filters: buf = m buf + g; d = g + m buf (Nesterov); each filter bank
     renormalised to norm sqrt(C_out), then w -= lr NS(d as C_out x (C_in k k))."""
 
-    def __init__(self, params, lr: float, momentum: float, nesterov: bool, ns_steps: int, ns_dtype: torch.dtype):
+    def __init__(self, params, lr: float, momentum: float, nesterov: bool, ns_steps: int, ns_dtype: torch.dtype,
+                 coefficients: tuple[float, float, float] = torch_pieces.NS_COEFFICIENTS):
         super().__init__(params, {"lr": lr, "momentum": momentum, "nesterov": nesterov, "ns_steps": ns_steps,
-                                  "ns_dtype": ns_dtype})
+                                  "ns_dtype": ns_dtype, "coefficients": coefficients})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -464,7 +470,8 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"].mul_(m).add_(p.grad)
                 direction = p.grad.add(buf, alpha=m) if group["nesterov"] else buf
                 p.mul_(len(p) ** 0.5 / p.norm())
-                update = newton_schulz(direction.reshape(len(p), -1), group["ns_steps"], group["ns_dtype"])
+                update = newton_schulz(direction.reshape(len(p), -1), group["ns_steps"], group["ns_dtype"],
+                                       group["coefficients"])
                 p.add_(update.view_as(p), alpha=-group["lr"])
         return None
 
@@ -512,17 +519,23 @@ def whitening_bias_schedule(bias: WhiteningBias, schedule: Callable[[int], float
     return lambda step: schedule(0) * min(max(1 - step / steps, 0.0), 1.0)
 
 
-def make_muon(net: nn.Module, recipe: Recipe, steps_per_epoch: int = 1) -> Muon | None:
-    """Muon on the 4-D conv filters when the recipe asks for it, its lr following the schedule's shape."""
+def make_muon(net: nn.Module, recipe: Recipe, steps_per_epoch: int = 1) -> torch.optim.Optimizer | None:
+    """Muon on the 4-D conv filters when the recipe asks for it, its lr following the schedule's shape:
+    the record's stacked form (torch_pieces.StackedMuon) when `muon.stacked`."""
     o = recipe.optimiser
     if not (spec := o.muon):
         return None
     schedule, peak = lr_schedule(recipe, steps_per_epoch), max(lr for _, lr in o.lr_knots)
     filters = [p for p in net.parameters() if p.ndim == 4]
-    muon = Muon([{"params": filters, "lr_mult": spec.lr / peak * recipe.data.batch_size, "schedule": schedule}],
-                lr=0.0, momentum=spec.momentum, nesterov=spec.nesterov, ns_steps=spec.ns_steps,
-                ns_dtype=DTYPES[spec.ns_dtype])
-    return muon
+    group = {"params": filters, "lr_mult": spec.lr / peak * recipe.data.batch_size, "schedule": schedule}
+    if spec.stacked:
+        return torch_pieces.StackedMuon([group], lr=0.0, momentum=spec.momentum, nesterov=spec.nesterov,
+                                        weight_decay=spec.weight_decay, ns_steps=spec.ns_steps,
+                                        ns_dtype=DTYPES[spec.ns_dtype], coefficients=spec.coefficients,
+                                        renormalise_every=spec.renormalise_every,
+                                        buffer_dtype=DTYPES[spec.buffer_dtype])
+    return Muon([group], lr=0.0, momentum=spec.momentum, nesterov=spec.nesterov, ns_steps=spec.ns_steps,
+                ns_dtype=DTYPES[spec.ns_dtype], coefficients=spec.coefficients)
 
 
 def averaged_named(net: nn.Module) -> dict[str, torch.Tensor]:

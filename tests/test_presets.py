@@ -1,10 +1,11 @@
 import functools
 import json
+import math
 import pathlib
 
 import pytest
 
-from jax_resnet_speed import presets
+from jax_resnet_speed import muon as muon_lib, presets
 
 FLAT_RECIPES = pathlib.Path(__file__).parent / "data" / "flat_recipes"
 
@@ -80,9 +81,41 @@ def test_airbench96_is_airbench95_deepened_as_its_script_and_docs_recipe_say():
         0.96, 34.7, "A100", "airbench")
 
 
-def test_only_airbench94_muon_draws_its_whitening_bias():
+def test_only_airbench94_muon_and_the_record_draw_their_whitening_bias():
     draws = {name for name, r in presets.PRESETS.items() if r.network.stem.bias_init != "zeros"}
-    assert draws == {"airbench94-muon"}
+    assert draws == {"airbench94-muon", "record94"}  # both keep nn.Conv2d's default bias draw
+
+
+def test_record94_is_airbench94_muon_with_the_records_settings():
+    assert presets.PREDECESSORS["record94"] == "airbench94-muon"
+    recipe = presets.get_preset("record94")
+    o, muon = recipe.optimiser, recipe.optimiser.muon
+    # docs/recipe.md's table of cifar10_speedrun.py: 32 steps of 1536 per epoch, ceil(7.63 x 32) = 245 steps.
+    assert recipe.run_steps(50_000 // 1536) == 245 and recipe.batch_size == 1536
+    assert o.lr_knots == ((0, 0.5415 * 1536), (7.63, 0.0)) and o.momentum == 0.825 and o.label_smoothing == 0.09
+    # Every SGD group shrinks by 1.0418e-6 x B per step at its initial lr: lr x wd x mult x wd_mult.
+    assert o.lr_knots[0][1] * o.weight_decay == pytest.approx(1.0418e-6 * 1536)
+    assert o.lr_knots[0][1] * o.bn_bias_lr_mult / 1536 == pytest.approx(0.0573)
+    assert o.bn_bias_lr_mult * o.bn_bias_wd_mult == pytest.approx(1.0)
+    assert math.ceil(o.whitening_bias.epochs * 32) == 7 and o.whitening_bias.decay == "linear"
+    assert (muon.lr, muon.momentum, muon.nesterov, muon.ns_steps) == (0.205, 0.655, True, 3)
+    assert muon.coefficients == muon_lib.RECORD_NS_COEFFICIENTS
+    assert (muon.stacked, muon.renormalise_every, muon.weight_decay, muon.ns_dtype, muon.buffer_dtype) == (
+        True, 8, 1.6002e-3, "fp16", "fp16")
+    network = recipe.network
+    assert (network.activation, network.stem.activation, network.stem.whitening_images) == ("silu", "gelu", 960)
+    assert network.batch_norm.momentum == 0.4434 and network.stem.bias_init == "torch"
+    assert (recipe.data.crop_padding, recipe.data.brightness_jitter, recipe.data.contrast_jitter) == (2, 0.1399, 0.1308)
+    assert recipe.evaluation == presets.Evaluation(tta=True, tta_shift=1, tta_equal_weights=True,
+                                                   tta_selective_fraction=0.2)
+    timing = recipe.timing
+    assert (timing.target, timing.published_seconds, timing.published_device, timing.rule) == (
+        0.94, 2.015, "A100", "airbench")
+    assert "hiverge" in recipe.description and "2.015 s" in recipe.description
+
+
+def test_the_default_muon_coefficients_are_muons():
+    assert presets.Muon().coefficients == muon_lib.NS_COEFFICIENTS
 
 
 def test_the_chains_arrive_at_the_recipes_written_in_full():
