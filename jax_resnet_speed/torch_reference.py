@@ -680,19 +680,41 @@ class Trainer:
         net = self.eval_net if self.ema_model is not None else self.net
         self.model.eval()  # the EMA copy is always in eval mode
         sums = torch.zeros(3, device=self.device)
-        for start in range(0, len(data.test_labels), EVAL_BATCH):
-            x, y = data.test_images[start:start + EVAL_BATCH], data.test_labels[start:start + EVAL_BATCH]
-            with self.autocast():
-                logits, tta = self.logits_with_tta(net, x)
-            loss = F.cross_entropy(logits, y, reduction="sum", label_smoothing=self.recipe.optimiser.label_smoothing)
-            sums += torch.stack([(logits.argmax(-1) == y).sum().float(), (tta.argmax(-1) == y).sum().float(), loss])
+        if self.recipe.evaluation.tta_selective_fraction:
+            sums += self.selective_sums(net, data)
+        else:
+            for start in range(0, len(data.test_labels), EVAL_BATCH):
+                x, y = data.test_images[start:start + EVAL_BATCH], data.test_labels[start:start + EVAL_BATCH]
+                with self.autocast():
+                    logits, tta = self.logits_with_tta(net, x)
+                loss = F.cross_entropy(logits, y, reduction="sum",
+                                       label_smoothing=self.recipe.optimiser.label_smoothing)
+                sums += torch.stack([(logits.argmax(-1) == y).sum().float(), (tta.argmax(-1) == y).sum().float(),
+                                     loss])
         self.model.train()
         correct, correct_tta, loss_sum = sums.tolist()
         return correct, correct_tta, loss_sum, float(len(data.test_labels))
 
+    def selective_sums(self, net: nn.Module, data: DeviceData) -> torch.Tensor:
+        """train's selective TTA: plain logits for every test image, then the recipe's TTA for the
+        int(fraction x n) least confident, a batch at a time; [correct, correct with TTA, loss sum]."""
+        evaluation, x, y = self.recipe.evaluation, data.test_images, data.test_labels
+        with self.autocast():
+            logits = torch.cat([net(x[start:start + EVAL_BATCH]) for start in range(0, len(y), EVAL_BATCH)])
+            chosen = torch_pieces.least_confident(logits, int(evaluation.tta_selective_fraction * len(y)))
+            selective = logits.clone()
+            for start in range(0, len(chosen), EVAL_BATCH):
+                rows = chosen[start:start + EVAL_BATCH]
+                selective[rows] = self.logits_with_tta(net, x[rows])[1].to(selective.dtype)
+        loss = F.cross_entropy(logits, y, reduction="sum", label_smoothing=self.recipe.optimiser.label_smoothing)
+        return torch.stack([(logits.argmax(-1) == y).sum().float(), (selective.argmax(-1) == y).sum().float(), loss])
+
     def logits_with_tta(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """train.logits_with_tta: plain logits and the flip mean, or airbench's 6 views with tta_shift."""
+        """train.logits_with_tta: plain logits and the flip mean, or airbench's 6 views with tta_shift
+        (weighted alike with tta_equal_weights, tta.equal_weight_views)."""
         logits = net(x)
+        if self.recipe.evaluation.tta_equal_weights:
+            return logits, torch_pieces.equal_weight_views(net, x, self.recipe.evaluation.tta_shift)
         mirrored = (logits + net(x.flip(3))) / 2
         shift = self.recipe.evaluation.tta_shift
         if not shift:

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:this is not the full CIFAR-10")
 
 from conftest import make_learnable  # noqa: E402
 from jax_resnet_speed import cli, model, presets, train  # noqa: E402
+from jax_resnet_speed import torch_pieces as tp  # noqa: E402
 from jax_resnet_speed import torch_reference as tr  # noqa: E402
 from jax_resnet_speed.data import in_memory  # noqa: E402
 
@@ -297,6 +298,20 @@ def test_colour_jitter_comes_last_one_shift_and_factor_per_image_within_the_reci
         shifts.append(offset / factor)
     assert np.all(np.abs(np.array(factors) - 1) <= 0.13 + 1e-6) and np.all(np.abs(shifts) <= 0.14 + 1e-6)
     assert len(set(np.round(factors, 6))) == 64  # drawn per image
+
+
+def test_the_records_muon_is_the_stacked_form_with_its_settings():
+    recipe = presets.get_preset("record94")
+    net = tr.Network(recipe.network, model.scaled_widths(recipe.network, 0.125), torch.float32,
+                     np.zeros(model.whitening_shape(recipe.network), np.float32).transpose(3, 2, 0, 1))
+    optimizer = tr.make_muon(net, recipe, steps_per_epoch=32)
+    assert isinstance(optimizer, tp.StackedMuon)
+    assert (optimizer.coefficients, optimizer.renormalise_every, optimizer.ns_dtype, optimizer.buffer_dtype) == (
+        (3.4576, -4.7391, 2.0843), 8, torch.float16, torch.float16)
+    group = optimizer.param_groups[0]
+    assert (group["momentum"], group["weight_decay"]) == (0.655, 1.6002e-3)
+    assert len(group["params"]) == 6 and all(p.ndim == 4 for p in group["params"])
+    assert isinstance(tr.make_muon(net, presets.get_preset("airbench94-muon")), tr.Muon)
 
 
 def keys_of(payload: dict) -> dict:
