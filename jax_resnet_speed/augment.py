@@ -39,6 +39,7 @@ def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
 # The fold_in tag of the alternating flip's stream: far beyond any step number, which tags the
 # per-step augmentation streams.
 FLIP_STREAM = 2**31 - 1
+JITTER_STREAM = 2**31 - 2  # the colour jitter's, folded in before the step number
 
 
 def alternating_flip(key: jax.Array, images: jax.Array, idx: jax.Array, epoch: jax.Array) -> jax.Array:

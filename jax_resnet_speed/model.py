@@ -75,10 +75,14 @@ def batch_norm(spec: NetworkSpec, train: bool, dtype: Any, name: str | None = No
                           jnp.float32 if bn.fp32 else dtype, name=name)
 
 
-def activation(spec: NetworkSpec, x: jax.Array) -> jax.Array:
-    if spec.activation == "gelu":
+def activation(spec: NetworkSpec, x: jax.Array, kind: str | None = None) -> jax.Array:
+    """The recipe's activation of x, or the one named `kind`."""
+    kind = kind or spec.activation
+    if kind == "gelu":
         return jax.nn.gelu(x, approximate=False)
-    return jax.nn.celu(x, spec.celu_alpha) if spec.activation == "celu" else jax.nn.relu(x)
+    if kind == "silu":
+        return jax.nn.silu(x)
+    return jax.nn.celu(x, spec.celu_alpha) if kind == "celu" else jax.nn.relu(x)
 
 
 def dirac_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
@@ -101,7 +105,10 @@ def conv(features: int, kernel: int, stride: int, dtype: Any, name: str | None =
 
 
 class ConvBlock(nn.Module):
-    """conv -> BN -> act (post-activation), with an optional 2x2 max-pool after the conv or at the end."""
+    """conv -> BN -> act (post-activation), with an optional 2x2 max-pool after the conv or at the end.
+
+    Without `activate` it ends at the BN, in the BN's dtype (a residual adds to it, then activates).
+    """
 
     features: int
     spec: NetworkSpec
@@ -109,6 +116,7 @@ class ConvBlock(nn.Module):
     pool: bool = False
     kernel: int = 3
     stride: int = 1
+    activate: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -119,6 +127,8 @@ class ConvBlock(nn.Module):
             x = nn.max_pool(x, (2, 2), (2, 2))
         if s.batch_norm.enabled:
             x = batch_norm(s, train, self.dtype)(x, train)
+        if not self.activate:
+            return x
         x = activation(s, x).astype(self.dtype)
         if self.pool and not s.stages.pool_before_bn:
             x = nn.max_pool(x, (2, 2), (2, 2))
@@ -196,7 +206,7 @@ class Network(nn.Module):
             x = jax.lax.conv_general_dilated(
                 x, filters.value.astype(dtype), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
             bias = self.param("whitening_bias", whitening_bias_init(s), (x.shape[-1],), jnp.float32)
-            x = activation(s, x + bias.astype(dtype)).astype(dtype)
+            x = activation(s, x + bias.astype(dtype), s.stem.activation).astype(dtype)
         elif s.stem.bn:
             x = ConvBlock(stem_width, s, dtype, name="prep")(x, train)
         else:
@@ -213,8 +223,12 @@ class Network(nn.Module):
             stride = 2 if downsamples and not pool else 1
             kernel = 1 if stages.downsample == "conv1x1" else 3
             x = ConvBlock(width, s, dtype, pool=pool, kernel=kernel, stride=stride, name=f"layer{i}")(x, train)
+            first = x
             for j in range(2, stages.convs + 1):
-                x = ConvBlock(width, s, dtype, name=f"layer{i}_conv{j}")(x, train)
+                last = j == stages.convs and stages.residual_over_last
+                x = ConvBlock(width, s, dtype, activate=not last, name=f"layer{i}_conv{j}")(x, train)
+            if stages.residual_over_last:
+                x = activation(s, x + first).astype(dtype)
             for j in range(blocks):
                 x = Residual(width, s, dtype, name=f"res{i}" if j == 0 else f"res{i}_{j + 1}")(x, train)
         features = jnp.max(x, axis=(1, 2))

@@ -23,7 +23,7 @@ import optax
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 # hiverge's cifar10_speedrun (the 94% record) retuned them.
 RECORD_NS_COEFFICIENTS = (3.4576, -4.7391, 2.0843)
-NS_DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32}
+NS_DTYPES = {"bf16": jnp.bfloat16, "fp16": jnp.float16, "fp32": jnp.float32}
 
 
 def newton_schulz(matrix: jax.Array, steps: int, dtype: Any = jnp.bfloat16,
@@ -86,25 +86,51 @@ class MuonState(NamedTuple):
 
 
 def muon(learning_rate: optax.Schedule, momentum: float, nesterov: bool = True, ns_steps: int = 3,
-         ns_dtype: str = "bf16") -> optax.GradientTransformation:
-    """airbench's Muon for 4-D (HWIO) conv filters; the updates it returns need the params."""
+         ns_dtype: str = "bf16", coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+         stacked: bool = False, renormalise_every: int = 1, weight_decay: float = 0.0,
+         buffer_dtype: str = "fp32") -> optax.GradientTransformation:
+    """airbench's Muon for 4-D (HWIO) conv filters; the updates it returns need the params.
+
+    The record's form (`stacked`): one batched Newton-Schulz over every filter bank
+    (orthogonalise_filter_stack), the renormalisation w sqrt(C_out) / (|w| + 1e-7) only at steps
+    (from 1) that are multiples of `renormalise_every`, and after the update the decoupled weight
+    decay w <- w (1 - lr(t) weight_decay). A momentum buffer in fp16 (`buffer_dtype`, the record's)
+    rounds m buf from float32 to fp16, then adds g in fp16, as PyTorch's half ops do.
+    """
     dtype = NS_DTYPES[ns_dtype]
+    low_buffer = NS_DTYPES[buffer_dtype] if buffer_dtype != "fp32" else None
 
     def init(params):
-        return MuonState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
+        return MuonState(jnp.zeros((), jnp.int32), jax.tree.map(lambda p: jnp.zeros_like(p, low_buffer), params))
 
     def update(grads, state, params=None):
         if params is None:
             raise ValueError("muon renormalises the weights: pass params to update()")
         lr = learning_rate(state.count)
-        buffers = jax.tree.map(lambda b, g: momentum * b + g, state.momentum, grads)
-        directions = (jax.tree.map(lambda g, b: g + momentum * b, grads, buffers) if nesterov
-                      else buffers)
+        if low_buffer is None:
+            buffers = jax.tree.map(lambda b, g: momentum * b + g, state.momentum, grads)
+            directions = (jax.tree.map(lambda g, b: g + momentum * b, grads, buffers) if nesterov
+                          else buffers)
+        else:
+            buffers = jax.tree.map(lambda b, g: (b.astype(jnp.float32) * momentum).astype(low_buffer)
+                                   + g.astype(low_buffer), state.momentum, grads)
+            directions = jax.tree.map(lambda g, b: g + momentum * b.astype(jnp.float32) if nesterov
+                                      else b.astype(jnp.float32), grads, buffers)
 
-        def step(w, d):
-            renormalised = w * (jnp.sqrt(w.shape[-1]) / jnp.linalg.norm(w))
-            return renormalised - lr * orthogonalise_filters(d, ns_steps, dtype) - w
+        if not stacked:
+            def step(w, d):
+                renormalised = w * (jnp.sqrt(w.shape[-1]) / jnp.linalg.norm(w))
+                return renormalised - lr * orthogonalise_filters(d, ns_steps, dtype, coefficients) - w
 
-        return jax.tree.map(step, params, directions), MuonState(state.count + 1, buffers)
+            return jax.tree.map(step, params, directions), MuonState(state.count + 1, buffers)
+        leaves, tree = jax.tree.flatten(directions)
+        orthogonal = jax.tree.unflatten(tree, orthogonalise_filter_stack(leaves, ns_steps, dtype, coefficients))
+        renormalise = (state.count + 1) % renormalise_every == 0
+
+        def stacked_step(w, o):
+            scale = jnp.where(renormalise, jnp.sqrt(w.shape[-1]) / (jnp.linalg.norm(w) + 1e-7), 1.0)
+            return (w * scale - lr * o) * (1 - lr * weight_decay) - w
+
+        return jax.tree.map(stacked_step, params, orthogonal), MuonState(state.count + 1, buffers)
 
     return optax.GradientTransformation(init, update)

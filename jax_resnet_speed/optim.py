@@ -106,7 +106,9 @@ def make_optimizer(recipe: Recipe, schedule: optax.Schedule, batch_size: int,
         # Muon's lr follows the shape of the run's schedule, from muon.lr at its peak.
         peak = max(lr for _, lr in o.lr_knots)
         groups["filters"] = muon_lib.muon(lambda step: muon.lr * hyper.lr_scale * schedule(step) / peak,
-                                          muon.momentum, muon.nesterov, muon.ns_steps, muon.ns_dtype)
+                                          muon.momentum, muon.nesterov, muon.ns_steps, muon.ns_dtype,
+                                          muon.coefficients, muon.stacked, muon.renormalise_every,
+                                          muon.weight_decay, muon.buffer_dtype)
     return optax.multi_transform(groups, lambda params: param_groups(params, muon=o.muon is not None))
 
 

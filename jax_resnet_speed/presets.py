@@ -20,7 +20,9 @@ Recipes written before the nesting (result JSONs, checkpoints) used flat names s
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import math
 import typing
 from collections.abc import Mapping
@@ -43,6 +45,7 @@ class Stem:
     # "torch": PyTorch's default draw U(-1/sqrt(3 k k), 1/sqrt(3 k k)) (airbench94_muon's plain
     # nn.Conv2d, whose reset re-draws the bias while the whitening init writes only the weight).
     bias_init: str = "zeros"
+    activation: str | None = None  # the "whitening-bias" stem's; None: the network's (the record keeps GELU here)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +65,9 @@ class Stages:
     convs: int = 1  # post-act conv units per stage before its residual blocks; the first one pools
     shortcut: bool = True  # post-act residual blocks add their input back; False chains them (post 7)
     pool_before_bn: bool = False  # conv -> pool -> BN -> act instead of conv -> BN -> act -> pool
+    # airbench96: the stage's first conv unit's output is added back after its last conv's BN, before
+    # that unit's activation (a residual over the last `convs - 1` conv units).
+    residual_over_last: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +99,7 @@ class Network:
     """
 
     widths: tuple[int, ...] = (64, 128, 256, 512)  # widths[0] is the stem's, then one width per stage
-    activation: str = "relu"  # "relu", "celu" or "gelu" (exact, erf-based, as torch.nn.GELU)
+    activation: str = "relu"  # "relu", "celu", "gelu" (exact, erf-based, as torch.nn.GELU) or "silu"
     celu_alpha: float = 0.3
     # Every conv's init. "torch": PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)); "dirac": the
     # same, then the first C_in filters set to the identity (airbench), so each conv starts by passing
@@ -163,6 +169,14 @@ class Muon:
     nesterov: bool = True
     ns_steps: int = 3
     ns_dtype: str = "bf16"
+    coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)  # the quintic's (muon.NS_COEFFICIENTS)
+    # The record's form (hiverge): one batched Newton-Schulz over every filter bank zero-padded and
+    # stacked, the renormalisation only every `renormalise_every` steps, and decoupled weight decay
+    # after the update, w (1 - Muon lr(t) x weight_decay). Off (False, 1, 0.0): airbench94_muon's.
+    stacked: bool = False
+    renormalise_every: int = 1
+    weight_decay: float = 0.0
+    buffer_dtype: str = "fp32"  # the momentum buffer's: "fp16" rounds it as the record's half-precision buffer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +220,10 @@ class Data:
     # every odd epoch mirrors the whole set, so every image is seen both ways every two epochs.
     alternating_flip: bool = False
     cutout: int = 0  # side of the zeroed square; 0 turns cutout off
+    # The record's colour jitter, last, on normalised images: per image, add a shift uniform in
+    # [-brightness, brightness], then multiply by a factor uniform in [1 - contrast, 1 + contrast]. 0: off.
+    brightness_jitter: float = 0.0
+    contrast_jitter: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +232,11 @@ class Evaluation:
     # With tta_shift s > 0, airbench's 6 views: that pair weighted 1/2, and the same pair of the
     # image shifted s pixels up-left and down-right (reflect-padded) weighted 1/4 each.
     tta_shift: int = 0
+    # The record's views (tta.equal_weight_views): the same 6, weighted alike.
+    tta_equal_weights: bool = False
+    # Selective TTA (the record's): > 0 evaluates every test image plainly, then replaces the logits
+    # of the int(fraction x n) least confident with their TTA logits; the "tta" accuracy is that.
+    tta_selective_fraction: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,7 +400,8 @@ def upgrade_recipe_dict(recipe: Mapping[str, Any]) -> dict[str, Any]:
     A flat trick whose switch is off, or missing (a file older than the trick), becomes None, and
     so does a trick missing from a nested dict. A dict written today comes back equal.
     """
-    upgraded = {group: dict(section) if isinstance(section, Mapping) else section for group, section in recipe.items()}
+    upgraded = copy.deepcopy({group: dict(section) if isinstance(section, Mapping) else section
+                              for group, section in recipe.items()})
     moved = {}
     for name in FLAT_NAMES:
         group, field = name.split(".")
@@ -397,7 +421,22 @@ def upgrade_recipe_dict(recipe: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(optimiser := upgraded.get("optimiser"), dict):
         for trick in TRICKS:
             optimiser.setdefault(trick, None)  # a recipe written before the trick existed ran without it
+    _fill_defaults(upgraded, Recipe)  # and with every later field at its default, which changes nothing
     return upgraded
+
+
+def _fill_defaults(section: dict, kind: type) -> None:
+    """Every field of `kind` missing from `section` set to its default (in JSON form), nested sections too."""
+    hints = typing.get_type_hints(kind)
+    for field in dataclasses.fields(kind):
+        if field.name not in section:
+            if field.default is not dataclasses.MISSING:
+                default = dataclasses.asdict(field.default) if dataclasses.is_dataclass(field.default) else field.default
+                section[field.name] = json.loads(json.dumps(default))
+        elif isinstance(section[field.name], dict):
+            inner = next(k for k in (typing.get_args(hints[field.name]) or (hints[field.name],))
+                         if dataclasses.is_dataclass(k))
+            _fill_defaults(section[field.name], inner)
 
 
 def one_cycle(epochs: float, peak_epoch: float, peak: float, *tail: tuple[float, float]) -> tuple:
@@ -665,6 +704,8 @@ AIRBENCH94_MUON = Recipe(
 # conversion as airbench94's, weight decay 0.0153 per 1024 again) and 15 epochs, timed to 95%.
 AIRBENCH95_PEAK_LR = 10.0 * 1024 / (1024 * (1 + 1 / (1 - AIRBENCH94_MOMENTUM)))
 AIRBENCH95_EPOCHS = 15
+AIRBENCH96_PEAK_LR = 9.0 * 1024 / (1024 * (1 + 1 / (1 - AIRBENCH94_MOMENTUM)))
+AIRBENCH96_EPOCHS = 37
 AIRBENCH_STEPS = (
     Step("airbench95", "widths 128/384/384, lr 10, 15 epochs, target 95%",
          "airbench95 (Keller Jordan, legacy/airbench95.py): airbench94 widened to 128/384/384, lr 10 per 1024, "
@@ -673,13 +714,58 @@ AIRBENCH_STEPS = (
           "optimiser.lr_knots": ((0, 0.2 * AIRBENCH95_PEAK_LR), (0.23 * AIRBENCH95_EPOCHS, AIRBENCH95_PEAK_LR),
                                  (AIRBENCH95_EPOCHS, 0.07 * AIRBENCH95_PEAK_LR)),
           "optimiser.weight_decay": 0.0153 / 10.0, "timing.target": 0.95}, 10.4),
+    Step("airbench96", "widths 128/384/512, 3 convs + residual, cutout 12, 37 epochs, target 96%",
+         "airbench96 (Keller Jordan, legacy/airbench96.py): widths 128/384/512, three convs per group with a "
+         "residual over the last two, BN momentum 0.1, translate 4, cutout 12, lr 9 and wd 0.012 per 1024, "
+         "37 epochs, to 96% (34.7 s on an A100)",
+         {"network.widths": (24, 128, 384, 512), "network.stages.convs": 3, "network.stages.residual_over_last": True,
+          "network.batch_norm.momentum": 0.1, "data.crop_padding": 4, "data.cutout": 12,
+          "optimiser.epochs": AIRBENCH96_EPOCHS,
+          # x 0.2 -> 1 over int(0.1 x 1776) = 177 of the 48-step epochs' steps, then linearly to 0.
+          "optimiser.lr_knots": ((0, 0.2 * AIRBENCH96_PEAK_LR), (177 / 48, AIRBENCH96_PEAK_LR),
+                                 (AIRBENCH96_EPOCHS, 0.0)),
+          "optimiser.weight_decay": 0.012 / 9.0, "timing.target": 0.96}, 34.7),
 )
 
-SERIES_STEPS: dict[str, Step] = {s.name: s for s in (*POST1_TO_3, *POST4_ARCH, *POST8, *AIRBENCH_STEPS)}
+# hiverge's cifar10_speedrun.py (commit 001aea4c; docs/recipe.md), the 94% record, from airbench94_muon.
+# Its SGD groups as airbench94_muon's: whitening and BN biases lr 0.0573, the head 0.5415, each with
+# weight_decay 1.0418e-6 x B / its lr.
+RECORD_BATCH, RECORD_EPOCHS = 1536, 7.63
+RECORD_HEAD_LR, RECORD_BIAS_LR = 0.5415, 0.0573
+RECORD_STEPS = (
+    Step("record94", "the 94% record: stacked Muon, SiLU, jitter, selective TTA, batch 1536, 7.63 epochs",
+         "the 94% record (hiverge/cifar10-speedrun cifar10_speedrun.py, commit 001aea4c): airbench94_muon with "
+         "SiLU, whitening from 960 images, one batched Newton-Schulz (retuned coefficients) with renormalisation "
+         "every 8 steps and decoupled weight decay, brightness/contrast jitter, label smoothing 0.09, selective "
+         "TTA on the 20% least confident, 7.63 epochs of batch 1536 (2.015 s on an A100)",
+         {"network.activation": "silu", "network.stem.activation": "gelu", "network.stem.whitening_images": 960,
+          "network.batch_norm.momentum": 0.4434,
+          "data.batch_size": RECORD_BATCH, "data.brightness_jitter": 0.1399, "data.contrast_jitter": 0.1308,
+          "optimiser.epochs": RECORD_EPOCHS,
+          "optimiser.lr_knots": ((0, RECORD_HEAD_LR * RECORD_BATCH), (RECORD_EPOCHS, 0.0)),
+          "optimiser.momentum": 0.825,
+          "optimiser.weight_decay": 1.0418e-6 * RECORD_BATCH / RECORD_HEAD_LR / RECORD_BATCH,
+          "optimiser.bn_bias_lr_mult": RECORD_BIAS_LR / RECORD_HEAD_LR,
+          "optimiser.bn_bias_wd_mult": RECORD_HEAD_LR / RECORD_BIAS_LR,
+          "optimiser.label_smoothing": 0.09,
+          # ceil(0.19 x 32) = 7 steps, lr x (1 - t / 7).
+          "optimiser.whitening_bias.epochs": 0.19,
+          "optimiser.whitening_bias.lr_mult": RECORD_BIAS_LR / RECORD_HEAD_LR,
+          "optimiser.whitening_bias.wd_mult": RECORD_HEAD_LR / RECORD_BIAS_LR,
+          "optimiser.muon.lr": 0.205, "optimiser.muon.momentum": 0.655, "optimiser.muon.ns_dtype": "fp16",
+          "optimiser.muon.coefficients": (3.4576, -4.7391, 2.0843), "optimiser.muon.stacked": True,
+          "optimiser.muon.renormalise_every": 8, "optimiser.muon.weight_decay": 1.6002e-3,
+          "optimiser.muon.buffer_dtype": "fp16",
+          "evaluation.tta_equal_weights": True, "evaluation.tta_selective_fraction": 0.2}, 2.015),
+)
+
+SERIES_STEPS: dict[str, Step] = {s.name: s for s in (*POST1_TO_3, *POST4_ARCH, *POST8, *AIRBENCH_STEPS,
+                                                     *RECORD_STEPS)}
 _post1_to_3 = chain(POST1_BASELINE, POST1_TO_3)
 _post4 = chain(POST4_ARCH_1, POST4_ARCH)
 _post8 = chain(POST8_BASELINE, POST8)
 _airbench = chain(AIRBENCH94, AIRBENCH_STEPS)
+_record = chain(AIRBENCH94_MUON, RECORD_STEPS)
 
 # The presets by post, in the order of the series.
 BY_POST: dict[str, tuple[Recipe, ...]] = {
@@ -688,13 +774,13 @@ BY_POST: dict[str, tuple[Recipe, ...]] = {
     "post 3: regularisation": tuple(_post1_to_3[2:]),
     "post 4: architecture": (*_post4[:-1], MYRTLE_RESNET9),
     "post 8: bag of tricks": (*_post8, MYRTLE_FINAL),
-    "airbench: past Myrtle": (AIRBENCH94, AIRBENCH94_MUON, *_airbench[1:]),
+    "airbench: past Myrtle": (AIRBENCH94, AIRBENCH94_MUON, *_airbench[1:], *_record[1:]),
 }
 PRESETS: dict[str, Recipe] = {r.name: r for recipes in BY_POST.values() for r in recipes}
 DEFAULT_PRESET = MYRTLE_FINAL.name
 # Each chained preset's predecessor, for the declared-change check and the series' ratios.
 PREDECESSORS: dict[str, str] = {later.name: earlier.name
-                                for steps in (_post1_to_3, _post4, _post8, _airbench)
+                                for steps in (_post1_to_3, _post4, _post8, _airbench, _record)
                                 for earlier, later in zip(steps, steps[1:])}
 
 

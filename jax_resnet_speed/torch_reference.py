@@ -34,7 +34,7 @@ except ImportError as error:
         raise SystemExit(f"error: {INSTALL_HINT}") from None
     raise ImportError(INSTALL_HINT) from error
 
-from jax_resnet_speed import cli, flags, interrupt, loop, settings
+from jax_resnet_speed import cli, flags, interrupt, loop, settings, torch_pieces
 from jax_resnet_speed.data import DataError, Dataset
 from jax_resnet_speed.presets import UNTRAINED_WHITENING_BIAS, Data, Network as NetworkSpec, Recipe, WhiteningBias
 from jax_resnet_speed.settings import EVAL_BATCH, IMAGE_SIZE, RunConfig
@@ -92,10 +92,14 @@ class GhostBatchNorm(nn.Module):
         self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
 
 
-def activation(spec: NetworkSpec) -> nn.Module:
-    if spec.activation == "gelu":
+def activation(spec: NetworkSpec, kind: str | None = None) -> nn.Module:
+    """The recipe's activation, or the one named `kind`."""
+    kind = kind or spec.activation
+    if kind == "gelu":
         return nn.GELU()
-    return nn.CELU(spec.celu_alpha) if spec.activation == "celu" else nn.ReLU()
+    if kind == "silu":
+        return nn.SiLU()
+    return nn.CELU(spec.celu_alpha) if kind == "celu" else nn.ReLU()
 
 
 def conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1, init: str = "torch") -> nn.Conv2d:
@@ -111,11 +115,12 @@ class ConvBlock(nn.Module):
     """conv -> BN -> act (post-activation), with an optional 2x2 max-pool after the conv or at the end."""
 
     def __init__(self, in_channels: int, out_channels: int, spec: NetworkSpec, dtype: torch.dtype,
-                 pool: bool = False, kernel: int = 3, stride: int = 1):
+                 pool: bool = False, kernel: int = 3, stride: int = 1, activate: bool = True):
         super().__init__()
         self.conv = conv(in_channels, out_channels, kernel, stride, spec.conv_init)
         self.bn = GhostBatchNorm(out_channels, spec, dtype)
         self.act = activation(spec)
+        self.activate = activate  # False: end at the BN, in its dtype (model.ConvBlock)
         self.pool_first = pool and spec.stages.pool_before_bn
         self.pool_last = pool and not spec.stages.pool_before_bn
         self.dtype = dtype
@@ -124,6 +129,8 @@ class ConvBlock(nn.Module):
         x = self.conv(x)
         if self.pool_first:
             x = F.max_pool2d(x, 2)
+        if not self.activate:
+            return self.bn(x)
         # BN and the activation run in the BN's dtype; what the next conv reads is in the compute dtype.
         x = self.act(self.bn(x)).to(self.dtype)
         if self.pool_last:
@@ -193,11 +200,12 @@ class Network(nn.Module):
             if spec.stem.bias_init == "torch":  # nn.Conv2d's default bias draw over 3 k k inputs
                 bound = 1 / math.sqrt(3 * spec.stem.whitening_kernel ** 2)
                 nn.init.uniform_(self.whitening_bias, -bound, bound)
-            self.prep = activation(spec)
+            self.prep = activation(spec, spec.stem.activation)
         else:
             self.register_buffer("whitening", None)
             self.prep = ConvBlock(3, stem_width, spec, dtype) if spec.stem.bn else conv(3, stem_width, 3)
         self.body: list[str] = []  # the names of the modules after the stem, in order
+        self.residual_over: dict[str, str] = {}  # a module -> the earlier one whose output its own adds
         channels = stem_width
         stages = spec.stages
         layout = zip(stage_widths, stages.downsamples, stages.residual_blocks)
@@ -214,7 +222,10 @@ class Network(nn.Module):
             self._add(f"layer{i}", ConvBlock(channels, width, spec, dtype, pool=pool, kernel=kernel, stride=stride))
             channels = width
             for j in range(2, stages.convs + 1):
-                self._add(f"layer{i}_conv{j}", ConvBlock(width, width, spec, dtype))
+                last = j == stages.convs and stages.residual_over_last
+                self._add(f"layer{i}_conv{j}", ConvBlock(width, width, spec, dtype, activate=not last))
+                if last:  # the stage's first unit's output is added back here, then activated
+                    self.residual_over[f"layer{i}_conv{j}"] = f"layer{i}"
             for j in range(blocks):
                 self._add(f"res{i}" if j == 0 else f"res{i}_{j + 1}", Residual(width, spec, dtype))
         self.avg_and_max = spec.head.pool == "avg+max"
@@ -225,6 +236,7 @@ class Network(nn.Module):
             with torch.no_grad():
                 self.classifier.weight /= self.classifier.weight.std(correction=0)
         self.logit_scale = spec.head.logit_scale
+        self.act = activation(spec)
         self.dtype = dtype
 
     def _add(self, name: str, module: nn.Module) -> None:
@@ -237,8 +249,12 @@ class Network(nn.Module):
         elif self.whitening is not None:
             x = F.conv2d(x, self.whitening, padding=1)
         x = self.prep(x)
+        outputs = {}
         for name in self.body:
             x = getattr(self, name)(x)
+            if name in self.residual_over:
+                x = self.act(x + outputs[self.residual_over[name]]).to(self.dtype)
+            outputs[name] = x
         features = x.amax(dim=(2, 3))
         if self.avg_and_max:
             # The average first, then the max, as model.Network concatenates them; the mean in float32.
@@ -340,7 +356,8 @@ def put_on_device(dataset: Dataset, recipe: Recipe, dtype: torch.dtype, device: 
 def augment(padded: torch.Tensor, idx: torch.Tensor, aug: Data, generator: torch.Generator,
             memory_format: torch.memory_format, flip_coins: torch.Tensor | None = None,
             epoch: int = 0) -> torch.Tensor:
-    """A random crop of each indexed image, then a random flip, then cutout: Myrtle's order (`recipe.data`).
+    """A random crop of each indexed image, then a random flip, then cutout: Myrtle's order (`recipe.data`);
+    then the colour jitter, when the recipe has it.
 
     With alternating flip (augment.alternating_flip) image i is mirrored when flip_coins[i],
     its one coin for the run, differs from the parity of the (0-based) epoch.
@@ -367,6 +384,8 @@ def augment(padded: torch.Tensor, idx: torch.Tensor, aug: Data, generator: torch
         ys, xs = randint(span, (batch, 1, 1, 1)), randint(span, (batch, 1, 1, 1))
         r, c = offsets.view(1, 1, -1, 1), offsets.view(1, 1, 1, -1)
         x = x.masked_fill((r >= ys) & (r < ys + size) & (c >= xs) & (c < xs + size), 0)
+    if aug.brightness_jitter or aug.contrast_jitter:
+        x = torch_pieces.colour_jitter(x, aug.brightness_jitter, aug.contrast_jitter, generator)
     return x.contiguous(memory_format=memory_format)
 
 
@@ -414,9 +433,10 @@ class PageSGD(torch.optim.Optimizer):
         return None
 
 
-def newton_schulz(matrix: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
+def newton_schulz(matrix: torch.Tensor, steps: int, dtype: torch.dtype,
+                  coefficients: tuple[float, float, float] = torch_pieces.NS_COEFFICIENTS) -> torch.Tensor:
     """muon.newton_schulz: the quintic iteration towards U V^T, in `dtype`, on the wide side."""
-    a, b, c = 3.4445, -4.7750, 2.0315
+    a, b, c = coefficients
     x = matrix.to(dtype)
     x = x / (x.norm() + 1e-7)
     tall = matrix.shape[0] > matrix.shape[1]
@@ -432,9 +452,10 @@ class Muon(torch.optim.Optimizer):
     """muon.muon for OIHW conv filters: buf = m buf + g; d = g + m buf (Nesterov); each filter bank
     renormalised to norm sqrt(C_out), then w -= lr NS(d as C_out x (C_in k k))."""
 
-    def __init__(self, params, lr: float, momentum: float, nesterov: bool, ns_steps: int, ns_dtype: torch.dtype):
+    def __init__(self, params, lr: float, momentum: float, nesterov: bool, ns_steps: int, ns_dtype: torch.dtype,
+                 coefficients: tuple[float, float, float] = torch_pieces.NS_COEFFICIENTS):
         super().__init__(params, {"lr": lr, "momentum": momentum, "nesterov": nesterov, "ns_steps": ns_steps,
-                                  "ns_dtype": ns_dtype})
+                                  "ns_dtype": ns_dtype, "coefficients": coefficients})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -449,7 +470,8 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"].mul_(m).add_(p.grad)
                 direction = p.grad.add(buf, alpha=m) if group["nesterov"] else buf
                 p.mul_(len(p) ** 0.5 / p.norm())
-                update = newton_schulz(direction.reshape(len(p), -1), group["ns_steps"], group["ns_dtype"])
+                update = newton_schulz(direction.reshape(len(p), -1), group["ns_steps"], group["ns_dtype"],
+                                       group["coefficients"])
                 p.add_(update.view_as(p), alpha=-group["lr"])
         return None
 
@@ -497,17 +519,23 @@ def whitening_bias_schedule(bias: WhiteningBias, schedule: Callable[[int], float
     return lambda step: schedule(0) * min(max(1 - step / steps, 0.0), 1.0)
 
 
-def make_muon(net: nn.Module, recipe: Recipe, steps_per_epoch: int = 1) -> Muon | None:
-    """Muon on the 4-D conv filters when the recipe asks for it, its lr following the schedule's shape."""
+def make_muon(net: nn.Module, recipe: Recipe, steps_per_epoch: int = 1) -> torch.optim.Optimizer | None:
+    """Muon on the 4-D conv filters when the recipe asks for it, its lr following the schedule's shape:
+    the record's stacked form (torch_pieces.StackedMuon) when `muon.stacked`."""
     o = recipe.optimiser
     if not (spec := o.muon):
         return None
     schedule, peak = lr_schedule(recipe, steps_per_epoch), max(lr for _, lr in o.lr_knots)
     filters = [p for p in net.parameters() if p.ndim == 4]
-    muon = Muon([{"params": filters, "lr_mult": spec.lr / peak * recipe.data.batch_size, "schedule": schedule}],
-                lr=0.0, momentum=spec.momentum, nesterov=spec.nesterov, ns_steps=spec.ns_steps,
-                ns_dtype=DTYPES[spec.ns_dtype])
-    return muon
+    group = {"params": filters, "lr_mult": spec.lr / peak * recipe.data.batch_size, "schedule": schedule}
+    if spec.stacked:
+        return torch_pieces.StackedMuon([group], lr=0.0, momentum=spec.momentum, nesterov=spec.nesterov,
+                                        weight_decay=spec.weight_decay, ns_steps=spec.ns_steps,
+                                        ns_dtype=DTYPES[spec.ns_dtype], coefficients=spec.coefficients,
+                                        renormalise_every=spec.renormalise_every,
+                                        buffer_dtype=DTYPES[spec.buffer_dtype])
+    return Muon([group], lr=0.0, momentum=spec.momentum, nesterov=spec.nesterov, ns_steps=spec.ns_steps,
+                ns_dtype=DTYPES[spec.ns_dtype], coefficients=spec.coefficients)
 
 
 def averaged_named(net: nn.Module) -> dict[str, torch.Tensor]:
@@ -652,19 +680,41 @@ class Trainer:
         net = self.eval_net if self.ema_model is not None else self.net
         self.model.eval()  # the EMA copy is always in eval mode
         sums = torch.zeros(3, device=self.device)
-        for start in range(0, len(data.test_labels), EVAL_BATCH):
-            x, y = data.test_images[start:start + EVAL_BATCH], data.test_labels[start:start + EVAL_BATCH]
-            with self.autocast():
-                logits, tta = self.logits_with_tta(net, x)
-            loss = F.cross_entropy(logits, y, reduction="sum", label_smoothing=self.recipe.optimiser.label_smoothing)
-            sums += torch.stack([(logits.argmax(-1) == y).sum().float(), (tta.argmax(-1) == y).sum().float(), loss])
+        if self.recipe.evaluation.tta_selective_fraction:
+            sums += self.selective_sums(net, data)
+        else:
+            for start in range(0, len(data.test_labels), EVAL_BATCH):
+                x, y = data.test_images[start:start + EVAL_BATCH], data.test_labels[start:start + EVAL_BATCH]
+                with self.autocast():
+                    logits, tta = self.logits_with_tta(net, x)
+                loss = F.cross_entropy(logits, y, reduction="sum",
+                                       label_smoothing=self.recipe.optimiser.label_smoothing)
+                sums += torch.stack([(logits.argmax(-1) == y).sum().float(), (tta.argmax(-1) == y).sum().float(),
+                                     loss])
         self.model.train()
         correct, correct_tta, loss_sum = sums.tolist()
         return correct, correct_tta, loss_sum, float(len(data.test_labels))
 
+    def selective_sums(self, net: nn.Module, data: DeviceData) -> torch.Tensor:
+        """train's selective TTA: plain logits for every test image, then the recipe's TTA for the
+        int(fraction x n) least confident, a batch at a time; [correct, correct with TTA, loss sum]."""
+        evaluation, x, y = self.recipe.evaluation, data.test_images, data.test_labels
+        with self.autocast():
+            logits = torch.cat([net(x[start:start + EVAL_BATCH]) for start in range(0, len(y), EVAL_BATCH)])
+            chosen = torch_pieces.least_confident(logits, int(evaluation.tta_selective_fraction * len(y)))
+            selective = logits.clone()
+            for start in range(0, len(chosen), EVAL_BATCH):
+                rows = chosen[start:start + EVAL_BATCH]
+                selective[rows] = self.logits_with_tta(net, x[rows])[1].to(selective.dtype)
+        loss = F.cross_entropy(logits, y, reduction="sum", label_smoothing=self.recipe.optimiser.label_smoothing)
+        return torch.stack([(logits.argmax(-1) == y).sum().float(), (selective.argmax(-1) == y).sum().float(), loss])
+
     def logits_with_tta(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """train.logits_with_tta: plain logits and the flip mean, or airbench's 6 views with tta_shift."""
+        """train.logits_with_tta: plain logits and the flip mean, or airbench's 6 views with tta_shift
+        (weighted alike with tta_equal_weights, tta.equal_weight_views)."""
         logits = net(x)
+        if self.recipe.evaluation.tta_equal_weights:
+            return logits, torch_pieces.equal_weight_views(net, x, self.recipe.evaluation.tta_shift)
         mirrored = (logits + net(x.flip(3))) / 2
         shift = self.recipe.evaluation.tta_shift
         if not shift:

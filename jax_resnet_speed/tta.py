@@ -27,18 +27,30 @@ def equal_weight_views(apply: LogitsFn, images: jax.Array, shift: int = 1) -> ja
     return jnp.mean(jnp.stack([apply(v) for v in views]), axis=0)
 
 
-def least_confident(logits: jax.Array, count: int) -> jax.Array:
-    """Indices of the `count` rows whose largest softmax probability is smallest."""
+def least_confident(logits: jax.Array, count: int, eligible: jax.Array | None = None) -> jax.Array:
+    """Indices of the `count` rows whose largest softmax probability is smallest, among the `eligible` ones."""
     confidence = jnp.max(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
+    if eligible is not None:
+        confidence = jnp.where(eligible, confidence, jnp.inf)
     return jax.lax.top_k(-confidence, count)[1]
+
+
+def replace_least_confident(plain: jax.Array, tta: LogitsFn, images: jax.Array, count: int,
+                            eligible: jax.Array | None = None, chunk: int | None = None) -> jax.Array:
+    """`plain` with the rows of the `count` least confident (`eligible`) images replaced by `tta`'s logits,
+    which run `chunk` images at a time (the last chunk filled with repeats of the first image chosen)."""
+    if count == 0:
+        return plain
+    chosen = least_confident(plain, count, eligible)
+    chunk = min(chunk or count, count)
+    chunks = -(-count // chunk)
+    chosen = jnp.concatenate([chosen, jnp.repeat(chosen[:1], chunks * chunk - count)]).reshape(chunks, chunk)
+    logits = jax.lax.map(lambda rows: tta(images[rows]).astype(plain.dtype), chosen)
+    return plain.at[chosen.reshape(-1)].set(logits.reshape(-1, plain.shape[-1]))
 
 
 def selective_tta(apply: LogitsFn, tta: LogitsFn, images: jax.Array, fraction: float) -> tuple[jax.Array, jax.Array]:
     """(plain logits, selective-TTA logits) of `images`: `tta`'s logits replace the plain ones for the
     int(fraction x n) least confident images, as the record does; n and the fraction fix the shapes."""
     plain = apply(images)
-    count = int(fraction * images.shape[0])
-    if count == 0:
-        return plain, plain
-    chosen = least_confident(plain, count)
-    return plain, plain.at[chosen].set(tta(images[chosen]).astype(plain.dtype))
+    return plain, replace_least_confident(plain, tta, images, int(fraction * images.shape[0]))

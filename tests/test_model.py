@@ -257,6 +257,23 @@ def test_whitening_bias_starts_at_zero_or_at_pytorchs_default_draw(preset, drawn
         assert np.all(bias == 0)
 
 
+def test_airbench96_groups_have_three_convs_and_the_same_parameters_as_without_the_residual():
+    recipe = presets.get_preset("airbench96")
+    shapes = jax.eval_shape(lambda: model.for_recipe(recipe).init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)),
+                                                                  train=False))
+    params = shapes["params"]
+    assert [name for name in params if name.startswith("layer")] == [
+        f"layer{i}{suffix}" for i in (1, 2, 3) for suffix in ("", "_conv2", "_conv3")]
+    assert params["layer3_conv3"]["Conv_0"]["kernel"].shape == (3, 3, 512, 512)
+    # legacy/airbench96.py's net: the whitening bias, 3 convs per group of (128, 384, 512), their BN
+    # biases (weights frozen), and the 512 x 10 head; the residual's add has no parameters.
+    convs = 24 * 128 * 9 + 2 * 128 * 128 * 9 + 128 * 384 * 9 + 2 * 384 * 384 * 9 + 384 * 512 * 9 + 2 * 512 * 512 * 9
+    assert model.count_params(params) == 24 + convs + 3 * (128 + 384 + 512) + 512 * 10 == 9_915_416
+    plain = recipe.replace(**{"network.stages.residual_over_last": False})
+    assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, jax.eval_shape(
+        lambda: model.for_recipe(plain).init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), train=False)))
+
+
 def test_airbench_network_shape():
     net = model.for_recipe(presets.get_preset("airbench94"))
     x = jnp.zeros((2, 32, 32, 3))

@@ -157,6 +157,25 @@ def record_muon_by_jax(weights, grads, lrs, momentum, weight_decay, every):
     return history
 
 
+def test_muon_in_the_records_form_equals_the_same_steps_written_out():
+    """muon.muon with the recipe's record fields (stacked, every 8, decoupled weight decay, fp16 buffer)
+    is record_muon_by_jax, the form StackedMuon is checked against below."""
+    weights, grads, lrs = muon_case(steps=8, seed=4)
+    expected = record_muon_by_jax(weights, grads, lrs, 0.655, 1.6002e-3, 8)
+    transform = muon.muon(lambda count: jnp.asarray(lrs, jnp.float32)[count], 0.655, True, 3, "fp32",
+                          muon.RECORD_NS_COEFFICIENTS, stacked=True, renormalise_every=8, weight_decay=1.6002e-3,
+                          buffer_dtype="fp16")
+    params = [jnp.asarray(w) for w in weights]
+    state = transform.init(params)
+    assert all(b.dtype == jnp.float16 for b in state.momentum)
+    step = jax.jit(transform.update)
+    for count, step_grads in enumerate(grads):
+        updates, state = step([jnp.asarray(g) for g in step_grads], state, params)
+        params = optax.apply_updates(params, updates)
+        for ours, theirs in zip(params, expected[count]):
+            np.testing.assert_allclose(np.asarray(ours), theirs, rtol=0, atol=2e-6)
+
+
 def test_stacked_muon_with_the_records_settings_equals_the_same_step_in_jax():
     # Eight steps, so that the renormalisation (only at step 8) and the fp16 buffer's rounding both show.
     weights, grads, lrs = muon_case(steps=8, seed=4)

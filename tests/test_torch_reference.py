@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:this is not the full CIFAR-10")
 
 from conftest import make_learnable  # noqa: E402
 from jax_resnet_speed import cli, model, presets, train  # noqa: E402
+from jax_resnet_speed import torch_pieces as tp  # noqa: E402
 from jax_resnet_speed import torch_reference as tr  # noqa: E402
 from jax_resnet_speed.data import in_memory  # noqa: E402
 
@@ -217,6 +219,28 @@ def test_every_preset_has_the_flax_networks_tensors(preset):
     assert ours(torch.randn(32, 3, 32, 32)).shape == (32, 10)  # a train-mode batch for 16 ghost splits
 
 
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_airbench96s_residual_groups_compute_what_jaxs_do(train_mode):
+    """The residual over each group's last two convs (airbench96), forward, from the same weights:
+    the logits and (in training) the BN statistics agree to float32 rounding."""
+    spec = presets.get_preset("airbench96").network
+    net = model.for_recipe(presets.get_preset("airbench96"), width_mult=0.125)
+    x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+    variables = net.init(jax.random.key(0), x, train=False)
+    whitening = jax.random.normal(jax.random.key(2), model.whitening_shape(spec)) / 4
+    variables = {**variables, "constants": {"whitening": whitening}}
+    logits, updates = net.apply(variables, x, train=train_mode, mutable=["batch_stats"])
+    ours = tr.Network(spec, model.scaled_widths(spec, 0.125), torch.float32, np.array(whitening).transpose(3, 2, 0, 1))
+    load(ours, {**as_torch(variables["params"]), **as_torch(variables["batch_stats"])},
+         np.array(whitening).transpose(3, 2, 0, 1))
+    ours.train(train_mode)
+    with torch.no_grad():
+        torch_logits = ours(torch.from_numpy(np.array(x).transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(torch_logits, logits, rtol=1e-4, atol=1e-5)
+    for name, value in as_torch(updates["batch_stats"]).items():
+        np.testing.assert_allclose(ours.state_dict()[name].numpy(), value, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
 @pytest.mark.parametrize("preset, drawn", [("airbench94", False), ("airbench94-muon", True)])
 def test_whitening_bias_starts_as_the_jax_one_does(preset, drawn):
     """Zero, or (airbench94_muon) nn.Conv2d's default draw U(+-1/sqrt(3 x 2 x 2)), as model.py's."""
@@ -256,6 +280,38 @@ def test_augmentation_crops_flips_and_cuts_out_on_the_device():
         windows = [padded[source, :, y:y + 32, x:x + 32] for y in range(9) for x in range(9)]
         windows += [w.flip(2) for w in windows]
         assert any(torch.equal(torch.where(zeroed, 0, w), image) for w in windows)
+
+
+def test_colour_jitter_comes_last_one_shift_and_factor_per_image_within_the_recipes_ranges():
+    plain = presets.get_preset("airbench94").data
+    jittered = dataclasses.replace(plain, brightness_jitter=0.14, contrast_jitter=0.13)
+    padded = torch.randn(8, 3, 36, 36, generator=torch.Generator().manual_seed(1))
+    idx, coins = torch.arange(64) % 8, torch.zeros(8, dtype=torch.bool)
+    before, after = (tr.augment(padded, idx, aug, torch.Generator().manual_seed(0), torch.contiguous_format, coins)
+                     for aug in (plain, jittered))
+    # The same crops and flips (the jitter draws after them), then after = (before + shift) x factor.
+    factors, shifts = [], []
+    for x, y in zip(before.flatten(1), after.flatten(1)):
+        factor, offset = np.polyfit(x.numpy(), y.numpy(), 1)
+        np.testing.assert_allclose(y.numpy(), factor * x.numpy() + offset, atol=1e-5)
+        factors.append(factor)
+        shifts.append(offset / factor)
+    assert np.all(np.abs(np.array(factors) - 1) <= 0.13 + 1e-6) and np.all(np.abs(shifts) <= 0.14 + 1e-6)
+    assert len(set(np.round(factors, 6))) == 64  # drawn per image
+
+
+def test_the_records_muon_is_the_stacked_form_with_its_settings():
+    recipe = presets.get_preset("record94")
+    net = tr.Network(recipe.network, model.scaled_widths(recipe.network, 0.125), torch.float32,
+                     np.zeros(model.whitening_shape(recipe.network), np.float32).transpose(3, 2, 0, 1))
+    optimizer = tr.make_muon(net, recipe, steps_per_epoch=32)
+    assert isinstance(optimizer, tp.StackedMuon)
+    assert (optimizer.coefficients, optimizer.renormalise_every, optimizer.ns_dtype, optimizer.buffer_dtype) == (
+        (3.4576, -4.7391, 2.0843), 8, torch.float16, torch.float16)
+    group = optimizer.param_groups[0]
+    assert (group["momentum"], group["weight_decay"]) == (0.655, 1.6002e-3)
+    assert len(group["params"]) == 6 and all(p.ndim == 4 for p in group["params"])
+    assert isinstance(tr.make_muon(net, presets.get_preset("airbench94-muon")), tr.Muon)
 
 
 def keys_of(payload: dict) -> dict:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,3 +49,51 @@ def test_selective_tta_at_fraction_one_is_full_tta_and_at_zero_is_plain():
     np.testing.assert_allclose(all_views, full, rtol=1e-6, atol=1e-7)
     plain, none = tta.selective_tta(toy_logits, lambda v: tta.equal_weight_views(toy_logits, v), x, 0.1)
     np.testing.assert_array_equal(none, plain)  # int(0.1 x 6) = 0 images get the views
+
+
+def test_replace_least_confident_skips_ineligible_rows_and_runs_in_chunks():
+    plain = jnp.asarray([[4.0, 0], [0.1, 0], [2.0, 0], [0.0, 0], [3.0, 0]])
+    images = jnp.arange(5, dtype=jnp.float32)[:, None]
+    calls = []
+
+    def views(x):
+        calls.append(x.shape[0])
+        return jnp.stack([-x[:, 0], jnp.zeros_like(x[:, 0])], -1)
+
+    eligible = jnp.asarray([True, True, True, False, True])  # row 3 (the least confident) is padding
+    out = tta.replace_least_confident(plain, views, images, 3, eligible, chunk=2)
+    expected = np.array(plain)
+    expected[[1, 2, 4], 0] = [-1.0, -2.0, -4.0]
+    np.testing.assert_array_equal(out, expected)
+    assert calls == [2]  # traced once by lax.map, two chunks of 2 (the second repeats a chosen row)
+
+
+def test_evaluation_with_selective_tta_at_fraction_one_is_full_tta_and_near_zero_plain():
+    """train's evaluate: labels set to the full TTA's predictions, so TTA gets every image right; selective
+    TTA over all of them does too, and over none is the plain pass (which misses some)."""
+    from conftest import QUICK_COMPILE, make_learnable
+    from jax_resnet_speed import data as data_lib, model, presets, train
+
+    recipe = presets.get_preset("airbench94")
+    images, labels = make_learnable(64, seed=3)  # the untrained net's TTA changes 3 of its predictions
+    config = train.RunConfig(recipe, "fp32", 0.0625)
+    net = model.for_recipe(recipe, 0.0625)
+    dataset = data_lib.in_memory(images, labels, images, labels, np.full(3, 0.5), np.full(3, 0.25))
+    data = train.put_on_device(dataset, recipe, jnp.float32)
+    x = data.test_images[0]
+    variables = net.init(jax.random.key(0), x[:1], train=False)
+    variables = {**variables, "constants": {"whitening": model.whitening_filters(recipe.network, x)}}
+    apply = lambda v: net.apply(variables, v, train=False)  # noqa: E731
+    plain, full = train.logits_with_tta(apply, x, 1)
+    labels = jnp.argmax(full, -1)[None].astype(jnp.int32)
+    plain_correct = int(jnp.sum(jnp.argmax(plain, -1) == labels[0]))
+    assert plain_correct < 64
+
+    def sums(fraction):
+        config_f = dataclasses.replace(config, recipe=recipe.replace(**{"evaluation.tta_selective_fraction": fraction}))
+        evaluate = train.build_programs(config_f, data).evaluate
+        return np.asarray(evaluate.lower(variables, data.test_images, labels).compile(QUICK_COMPILE)(
+            variables, data.test_images, labels))
+
+    np.testing.assert_array_equal(sums(1.0)[:2], [plain_correct, 64])
+    np.testing.assert_array_equal(sums(0.01)[:2], [plain_correct, plain_correct])  # int(0.01 x 64) = 0 images

@@ -106,7 +106,9 @@ class Programs:
 
 def build_programs(config: RunConfig, data: DeviceData) -> Programs:
     """The programs of steps.py for this recipe and data shape; nothing is traced yet."""
-    setup = steps.Setup(config.recipe, config.width_mult, config.precision, data.num_train, data.mesh)
+    # Selective TTA's count is of the real test images: a host read of the labels, once.
+    num_test = int(np.sum(np.asarray(data.test_labels) >= 0)) if config.recipe.evaluation.tta_selective_fraction else 0
+    setup = steps.Setup(config.recipe, config.width_mult, config.precision, data.num_train, data.mesh, num_test)
     return Programs(init=Bound(steps.init, setup), epoch_batches=Bound(steps.epoch_batches, setup),
                     train_step=Bound(steps.train_step, setup), train_steps=Bound(steps.train_steps, setup),
                     evaluate=Bound(steps.evaluate, setup), schedule=setup.schedule,

@@ -21,6 +21,7 @@ import optax
 from jax.sharding import Mesh
 
 from jax_resnet_speed import augment, model as model_lib, optim, parallel
+from jax_resnet_speed import tta as tta_lib
 from jax_resnet_speed.presets import Recipe
 from jax_resnet_speed.settings import IMAGE_SIZE
 
@@ -51,6 +52,7 @@ class Setup:
     precision: str  # a key of PRECISIONS
     num_train: int  # training images on the device
     mesh: Mesh | None = None  # batches are split over it, everything else replicated (parallel.py)
+    num_test: int = 0  # real test images (not padding), for selective TTA's count; 0 when it is off
 
     @functools.cached_property
     def net(self) -> model_lib.Network:
@@ -114,6 +116,9 @@ def train_step(setup: Setup, state: TrainState, images: jax.Array, labels: jax.A
         # as a whole on odd epochs.
         x = augment.alternating_flip(jax.random.fold_in(state.rng, augment.FLIP_STREAM), x, idx,
                                      state.step // steps_per_epoch)
+    if aug.brightness_jitter or aug.contrast_jitter:
+        key = jax.random.fold_in(jax.random.fold_in(state.rng, augment.JITTER_STREAM), state.step)
+        x = augment.colour_jitter(key, x, aug.brightness_jitter, aug.contrast_jitter)
     y = labels[idx]
     x, y = parallel.shard_batch(setup.mesh, x, y)
     scale = state.loss_scale.scale if state.loss_scale is not None else 1.0
@@ -160,10 +165,18 @@ def train_steps(setup: Setup, state: TrainState, images: jax.Array, labels: jax.
 @functools.partial(jax.jit, static_argnames="setup")
 def evaluate(setup: Setup, variables: dict, images: jax.Array, labels: jax.Array) -> jax.Array:
     """[correct, correct with flip TTA, loss sum, examples] over the padded test set."""
+    evaluation = setup.recipe.evaluation
+    if evaluation.tta_selective_fraction:
+        return evaluate_selective(setup, variables, images, labels)
+
     def one_batch(batch):
         x, y = parallel.shard_batch(setup.mesh, *batch)
-        logits, tta = logits_with_tta(lambda v: setup.net.apply(variables, v, train=False), x,
-                                      setup.recipe.evaluation.tta_shift)
+        if evaluation.tta_equal_weights:
+            apply = lambda v: setup.net.apply(variables, v, train=False)  # noqa: E731
+            logits, tta = apply(x), tta_lib.equal_weight_views(apply, x, evaluation.tta_shift)
+        else:
+            logits, tta = logits_with_tta(lambda v: setup.net.apply(variables, v, train=False), x,
+                                          evaluation.tta_shift)
         valid = y >= 0
         loss = optim.smoothed_cross_entropy(logits, jnp.maximum(y, 0), setup.recipe.optimiser.label_smoothing)
         return jnp.stack([jnp.sum((jnp.argmax(logits, -1) == y) & valid),
@@ -171,6 +184,30 @@ def evaluate(setup: Setup, variables: dict, images: jax.Array, labels: jax.Array
                           jnp.sum(loss * valid), jnp.sum(valid)]).astype(jnp.float32)
 
     return parallel.replicate(setup.mesh, jax.lax.map(one_batch, (images, labels)).sum(axis=0))
+
+
+def evaluate_selective(setup: Setup, variables: dict, images: jax.Array, labels: jax.Array) -> jax.Array:
+    """evaluate's sums, the TTA ones from selective TTA over the whole test set (the record's): a
+    plain pass over every image, then the TTA views for the least confident fraction of them."""
+    evaluation = setup.recipe.evaluation
+    apply = lambda v: setup.net.apply(variables, v, train=False)  # noqa: E731
+
+    def recipe_tta(x):
+        if evaluation.tta_equal_weights:
+            return tta_lib.equal_weight_views(apply, x, evaluation.tta_shift)
+        return logits_with_tta(apply, x, evaluation.tta_shift)[1]
+
+    plain = jax.lax.map(lambda batch: apply(parallel.shard_batch(setup.mesh, *batch)[0]), (images, labels))
+    logits, y = plain.reshape(-1, plain.shape[-1]), labels.reshape(-1)
+    valid = y >= 0
+    selective = tta_lib.replace_least_confident(
+        logits, recipe_tta, images.reshape(-1, *images.shape[2:]),
+        int(evaluation.tta_selective_fraction * setup.num_test), valid, images.shape[1])
+    loss = optim.smoothed_cross_entropy(logits, jnp.maximum(y, 0), setup.recipe.optimiser.label_smoothing)
+    sums = jnp.stack([jnp.sum((jnp.argmax(logits, -1) == y) & valid),
+                      jnp.sum((jnp.argmax(selective, -1) == y) & valid),
+                      jnp.sum(loss * valid), jnp.sum(valid)]).astype(jnp.float32)
+    return parallel.replicate(setup.mesh, sums)
 
 
 def logits_with_tta(apply: Callable[[jax.Array], jax.Array], images: jax.Array,
