@@ -13,6 +13,9 @@
 #   rest              ~4 min  myrtle-resnet9 --runs 3, the bf16 XLA report of the train step, each fast XLA
 #                             option alone
 #   final             ~2 min  myrtle-final again (warm compilation cache), then --loop epoch --runs 3
+#   records         ~6-7 min  preflight; the record (record94) --runs 5, airbench95 --runs 3, airbench96
+#                             --runs 1 (from their A100 times: 2.0, 10.4 and 34.7 s a run, plus compiling
+#                             and the per-epoch evaluations off the clock); run it right after headline
 # After these: scripts/gpu_series.sh (the series) and scripts/gpu_experiments.sh (posts 5-7), part by part.
 # Every command runs under `timeout -s INT -k 20`: at its limit it gets Ctrl-C, so the trainer and compare
 # keep the runs that finished and write their JSON and table; it is killed only 20 s later. Each part
@@ -36,8 +39,9 @@ train_extra=${TRAIN_EXTRA:-}
 time_scale=${TIME_SCALE:-1}  # every limit times this: a CPU rehearsal on a loaded machine needs more
 bench_extra=${BENCH_EXTRA:-}
 case $part in
-  headline | compare | bench | compare-compiled | rest | final) ;;
-  *) echo "error: unknown part $part; use headline, compare, bench, compare-compiled, rest or final" >&2; exit 2 ;;
+  headline | compare | bench | compare-compiled | rest | final | records) ;;
+  *) echo "error: unknown part $part; use headline, compare, bench, compare-compiled, rest, final or records" >&2
+     exit 2 ;;
 esac
 export PYTHONUNBUFFERED=1
 mkdir -p "$out" "$work"
@@ -83,23 +87,27 @@ if [ "$part" != bench ] && [ ! -e "$data" ]; then  # the trainer would try to do
 fi
 
 case $part in
-  headline)
-    presets="myrtle-final airbench94 airbench94-muon"
+  headline | records)
+    if [ "$part" = headline ]; then presets="myrtle-final airbench94 airbench94-muon"
+    else presets="record94 airbench95 airbench96"; fi
     # A broken machine or a JAX that breaks the code must cost seconds, not the window.
     # shellcheck disable=SC2086
-    limit 60 python3 scripts/gpu_preflight.py $presets 2>&1 | tee "$out/headline.log"
+    limit 60 python3 scripts/gpu_preflight.py $presets 2>&1 | tee "$out/$part.log"
     status=${PIPESTATUS[0]}
     if [ "$status" -ne 0 ]; then
-      echo "headline stopped by the preflight (exit $status)"
+      echo "$part stopped by the preflight (exit $status)"
       exit 1
     fi
     {
       prepare
       for preset in $presets; do
-        case $preset in myrtle-final) seconds=140 ;; airbench94) seconds=100 ;; *) seconds=90 ;; esac
-        train "$seconds" --preset "$preset" --runs 5 --json "$out/$preset.json"
+        case $preset in
+          myrtle-final) seconds=140 runs=5 ;; airbench94) seconds=100 runs=5 ;; airbench94-muon) seconds=90 runs=5 ;;
+          record94) seconds=100 runs=5 ;; airbench95) seconds=110 runs=3 ;; airbench96) seconds=150 runs=1 ;;
+        esac
+        train "$seconds" --preset "$preset" --runs "$runs" --json "$out/$preset.json"
       done
-    } 2>&1 | tee -a "$out/headline.log" ;;
+    } 2>&1 | tee -a "$out/$part.log" ;;
   compare)
     {
       prepare
