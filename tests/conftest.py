@@ -7,27 +7,18 @@ import numpy as np
 import pytest
 
 
-# Files whose fixtures compile programs or run subprocesses: under `--dist loadgroup` each of them runs
-# whole on one worker, so that its session-scoped fixtures are built once; every other test is
-# scheduled alone, on whichever worker is free.
+# Files whose fixtures compile programs or run subprocesses. Under --dist loadgroup each file's tests
+# stay on one worker, so those fixtures are built once; every other test is scheduled alone. The
+# fixtures are session-scoped: the worker may run other files' tests between a file's tests (measured:
+# test_parallel's tiny runs were made twice), and a module-scoped fixture is rebuilt after each.
 ONE_WORKER_FILES = ("test_data.py", "test_group.py", "test_parallel.py", "test_train.py", "test_xla_report.py")
 
 
-def pytest_xdist_make_scheduler(config, log):
-    """loadgroup's scheduler with the groups named here. xdist's own marks a group by appending
-    "@group" to the item's nodeid, which pytest 9 no longer lets it do (measured: the tests of a
-    marked file ran on both workers and built its fixtures twice). Like xdist's loadfile and
-    loadgroup schedulers, this one only says which tests form one unit of work."""
-    if config.getvalue("dist") != "loadgroup":
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    class OneWorkerFiles(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return path if path.rsplit("/", 1)[-1] in ONE_WORKER_FILES else nodeid
-
-    return OneWorkerFiles(config, log)
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in ONE_WORKER_FILES:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 # .ci/run names the folder; without it, the workers of one pytest run share one under its base temp.
