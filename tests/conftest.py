@@ -7,20 +7,6 @@ import numpy as np
 import pytest
 
 
-# Files whose fixtures compile programs or run subprocesses. Under --dist loadgroup each file's tests
-# stay on one worker, so those fixtures are built once; every other test is scheduled alone. The
-# fixtures are session-scoped: the worker may run other files' tests between a file's tests (measured:
-# test_parallel's tiny runs were made twice), and a module-scoped fixture is rebuilt after each.
-ONE_WORKER_FILES = ("test_data.py", "test_group.py", "test_parallel.py", "test_train.py", "test_xla_report.py")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.path.name in ONE_WORKER_FILES:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
-
-
 # .ci/run names the folder; without it, the workers of one pytest run share one under its base temp.
 CACHE_VARIABLE = "JAX_RESNET_SPEED_TEST_CACHE"
 

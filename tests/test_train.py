@@ -59,7 +59,9 @@ def test_test_set_is_padded_into_whole_batches_with_masked_labels():
 FINAL = tiny("myrtle-final", epochs=8, **{"data.batch_size": 64})
 
 
-@pytest.fixture(scope="session")  # not module: see conftest.ONE_WORKER_FILES
+# Session-scoped, as the other files' compiled fixtures: xdist runs a file's tests on either worker,
+# between other files' tests, and a module-scoped fixture would be built again each time.
+@pytest.fixture(scope="session")
 def final(learnable_data):
     return compiled(FINAL, learnable_data)
 
