@@ -171,17 +171,8 @@ def evaluate(setup: Setup, variables: dict, images: jax.Array, labels: jax.Array
 
     def one_batch(batch):
         x, y = parallel.shard_batch(setup.mesh, *batch)
-        if evaluation.tta_equal_weights:
-            apply = lambda v: setup.net.apply(variables, v, train=False)  # noqa: E731
-            logits, tta = apply(x), tta_lib.equal_weight_views(apply, x, evaluation.tta_shift)
-        else:
-            logits, tta = logits_with_tta(lambda v: setup.net.apply(variables, v, train=False), x,
-                                          evaluation.tta_shift)
-        valid = y >= 0
-        loss = optim.smoothed_cross_entropy(logits, jnp.maximum(y, 0), setup.recipe.optimiser.label_smoothing)
-        return jnp.stack([jnp.sum((jnp.argmax(logits, -1) == y) & valid),
-                          jnp.sum((jnp.argmax(tta, -1) == y) & valid),
-                          jnp.sum(loss * valid), jnp.sum(valid)]).astype(jnp.float32)
+        logits, tta = recipe_views(evaluation, lambda v: setup.net.apply(variables, v, train=False), x)
+        return evaluation_sums(logits, tta, y, setup.recipe.optimiser.label_smoothing)
 
     return parallel.replicate(setup.mesh, jax.lax.map(one_batch, (images, labels)).sum(axis=0))
 
@@ -191,23 +182,30 @@ def evaluate_selective(setup: Setup, variables: dict, images: jax.Array, labels:
     plain pass over every image, then the TTA views for the least confident fraction of them."""
     evaluation = setup.recipe.evaluation
     apply = lambda v: setup.net.apply(variables, v, train=False)  # noqa: E731
-
-    def recipe_tta(x):
-        if evaluation.tta_equal_weights:
-            return tta_lib.equal_weight_views(apply, x, evaluation.tta_shift)
-        return logits_with_tta(apply, x, evaluation.tta_shift)[1]
-
     plain = jax.lax.map(lambda batch: apply(parallel.shard_batch(setup.mesh, *batch)[0]), (images, labels))
     logits, y = plain.reshape(-1, plain.shape[-1]), labels.reshape(-1)
-    valid = y >= 0
     selective = tta_lib.replace_least_confident(
-        logits, recipe_tta, images.reshape(-1, *images.shape[2:]),
-        int(evaluation.tta_selective_fraction * setup.num_test), valid, images.shape[1])
-    loss = optim.smoothed_cross_entropy(logits, jnp.maximum(y, 0), setup.recipe.optimiser.label_smoothing)
-    sums = jnp.stack([jnp.sum((jnp.argmax(logits, -1) == y) & valid),
-                      jnp.sum((jnp.argmax(selective, -1) == y) & valid),
+        logits, lambda x: recipe_views(evaluation, apply, x)[1], images.reshape(-1, *images.shape[2:]),
+        int(evaluation.tta_selective_fraction * setup.num_test), y >= 0, images.shape[1])
+    return parallel.replicate(setup.mesh, evaluation_sums(logits, selective, y, setup.recipe.optimiser.label_smoothing))
+
+
+def evaluation_sums(logits: jax.Array, tta: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
+    """[correct, correct with TTA, loss sum, examples] of the images whose label is not -1 (padding)."""
+    valid = labels >= 0
+    loss = optim.smoothed_cross_entropy(logits, jnp.maximum(labels, 0), smoothing)
+    return jnp.stack([jnp.sum((jnp.argmax(logits, -1) == labels) & valid),
+                      jnp.sum((jnp.argmax(tta, -1) == labels) & valid),
                       jnp.sum(loss * valid), jnp.sum(valid)]).astype(jnp.float32)
-    return parallel.replicate(setup.mesh, sums)
+
+
+def recipe_views(evaluation: Any, apply: Callable[[jax.Array], jax.Array],
+                 images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Plain logits and the recipe's TTA logits: its views weighted alike (the record's), or as airbench
+    and Myrtle weigh them (logits_with_tta). XLA drops the plain logits where only the TTA is used."""
+    if evaluation.tta_equal_weights:
+        return apply(images), tta_lib.equal_weight_views(apply, images, evaluation.tta_shift)
+    return logits_with_tta(apply, images, evaluation.tta_shift)
 
 
 def logits_with_tta(apply: Callable[[jax.Array], jax.Array], images: jax.Array,
