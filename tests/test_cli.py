@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import quick_compile_env, sigint_when
+from conftest import sigint_when
 from jax_resnet_speed import cli, presets, train
 
 TINY = ["--width-mult", "0.125", "--batch-size", "128", "--precision", "fp32"]
@@ -14,9 +14,9 @@ TINY = ["--width-mult", "0.125", "--batch-size", "128", "--precision", "fp32"]
 ONE_EPOCH = ["--preset", "myrtle-resnet9", "--epochs", "1", "--train-subset", "256", "--test-subset", "100", *TINY]
 
 
-def run_cli(*args, env=None):
+def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "jax_resnet_speed.train", *args],
-                          capture_output=True, text=True, timeout=600, env=env)
+                          capture_output=True, text=True, timeout=600)
 
 
 def test_help_explains_every_option():
@@ -103,8 +103,7 @@ def test_end_to_end_writes_the_table_and_json(tiny_npz, tmp_path):
 
 def test_a_second_run_of_the_same_command_loads_its_programs_from_the_compilation_cache(tiny_npz, tmp_path):
     command = ("--data", tiny_npz, "--cache-dir", str(tmp_path), "--compile-cache", str(tmp_path / "xla"), *ONE_EPOCH)
-    # Compiled quickly (conftest.QUICK_COMPILE): what is checked is where the programs come from.
-    first, second = run_cli(*command, env=quick_compile_env()), run_cli(*command, env=quick_compile_env())
+    first, second = run_cli(*command), run_cli(*command)
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     assert "(step loop, cold cache)" in first.stdout and "(step loop, warm cache)" in second.stdout
     assert list((tmp_path / "xla").iterdir())
@@ -143,9 +142,7 @@ def test_ctrl_c_writes_what_finished(tiny_npz, tmp_path, monkeypatch):
 def test_xla_dump_then_report_lists_the_train_step_convolutions(tiny_npz, tmp_path):
 
     dump = tmp_path / "dump"
-    # LLVM's optimisation level (QUICK_COMPILE) is below the HLO the report reads: the same convolutions.
-    result = run_cli("--data", tiny_npz, "--cache-dir", str(tmp_path), "--xla-dump", str(dump), *ONE_EPOCH,
-                     env=quick_compile_env())
+    result = run_cli("--data", tiny_npz, "--cache-dir", str(tmp_path), "--xla-dump", str(dump), *ONE_EPOCH)
     assert result.returncode == 0, result.stderr
     assert list(dump.glob("*jit_train_step*before_optimizations.txt"))
     assert list(dump.glob("*jit_train_step*after_optimizations.txt"))

@@ -9,7 +9,7 @@ from flax import traverse_util
 
 from jax_resnet_speed import model, optim, train
 from jax_resnet_speed.experiments import batch_norm
-from conftest import run_experiment_quickly
+from conftest import run_experiment
 
 
 def test_stress_recipe_doubles_the_lr_every_two_epochs():
@@ -91,10 +91,8 @@ def test_channel_statistics():
 
 @pytest.mark.slow
 def test_smoke_run_writes_the_figure_json_and_summary(tiny_npz, tmp_path):
-    # A subprocess compiled with QUICK_COMPILE: compiling two nets' programs, Hessian products and Jacobians is
-    # most of the run.
     out = tmp_path / "out"
-    result = run_experiment_quickly(
+    result = run_experiment(
         "batch_norm", "--out", str(out), "--data", tiny_npz, "--cache-dir", str(tmp_path / "cache"), "--width-mult",
         "0.0625", "--epochs", "2", "--batch-size", "32", "--train-subset", "64", "--test-subset", "50",
         "--hessian-images", "32", "--lanczos-iterations", "4")

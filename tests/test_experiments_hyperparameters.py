@@ -6,7 +6,7 @@ import pytest
 
 from jax_resnet_speed import presets
 from jax_resnet_speed.experiments import hyperparameters as hp
-from conftest import run_experiment_quickly
+from conftest import run_experiment
 
 
 def test_offsets_centre_on_the_recipe():
@@ -49,7 +49,7 @@ def test_flatness_by_hand():
 @pytest.mark.slow
 def test_smoke_run_in_chunks_writes_the_figure_json_and_summary(tiny_npz, tmp_path):
     # A subprocess compiled with QUICK_COMPILE (conftest): compiling is most of the run.
-    result = run_experiment_quickly("hyperparameters", "--out", str(tmp_path), "--data", tiny_npz, "--width-mult",
+    result = run_experiment("hyperparameters", "--out", str(tmp_path), "--data", tiny_npz, "--width-mult",
                                     "0.0625", "--epochs", "1", "--grid", "2", "--points-at-once", "3", "--batch-size",
                                     "32", "--train-subset", "64", "--test-subset", "50", "--slices", "lr_momentum")
     assert result.returncode == 0, result.stderr

@@ -9,7 +9,7 @@ import pytest
 
 from jax_resnet_speed import model, optim, presets, train
 from jax_resnet_speed.experiments import weight_decay
-from conftest import run_experiment_quickly, sigint_when
+from conftest import run_experiment, sigint_when
 
 
 @pytest.mark.parametrize("nesterov", [True, False])
@@ -72,7 +72,7 @@ def test_smoothed_is_a_trailing_mean():
 @pytest.mark.slow
 def test_smoke_run_writes_the_figure_json_and_summary(tiny_npz, tmp_path):
     # A subprocess compiled with QUICK_COMPILE (conftest): compiling is most of the run.
-    result = run_experiment_quickly("weight_decay", "--out", str(tmp_path), "--data", tiny_npz, "--width-mult",
+    result = run_experiment("weight_decay", "--out", str(tmp_path), "--data", tiny_npz, "--width-mult",
                                     "0.0625", "--epochs", "2", "--batch-size", "32", "--train-subset", "64",
                                     "--test-subset", "50")
     assert result.returncode == 0, result.stderr

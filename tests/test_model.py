@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_quickly
+from conftest import run_jitted
 
 from jax_resnet_speed import model, presets
 
@@ -20,11 +20,11 @@ def build(preset, width_mult=0.125, dtype=jnp.float32):
 def test_output_shape_and_dtypes(preset, dtype):
     net = build(preset, dtype=dtype)
     x = jnp.zeros((4, 32, 32, 3))
-    variables = run_quickly(lambda key, x: net.init(key, x, train=False), jax.random.key(0), x)
-    logits = run_quickly(lambda v, x: net.apply(v, x, train=False), variables, x)
+    variables = run_jitted(lambda key, x: net.init(key, x, train=False), jax.random.key(0), x)
+    logits = run_jitted(lambda v, x: net.apply(v, x, train=False), variables, x)
     assert logits.shape == (4, 10) and logits.dtype == jnp.float32
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables["params"]))
-    train_logits, updates = run_quickly(lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats"]),
+    train_logits, updates = run_jitted(lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats"]),
                                         variables, jnp.ones((16, 32, 32, 3)))
     assert train_logits.shape == (16, 10)
     assert set(updates) == {"batch_stats"}
@@ -86,8 +86,8 @@ def test_resnet9_keeps_its_parameter_names():
 
 def stage_outputs(net, x):
     """Each top-level module's output shape, from Flax's captured intermediates."""
-    variables = run_quickly(lambda key, x: net.init(key, x, train=False), jax.random.key(0), x)
-    _, state = run_quickly(lambda v, x: net.apply(v, x, train=False, capture_intermediates=True,
+    variables = run_jitted(lambda key, x: net.init(key, x, train=False), jax.random.key(0), x)
+    _, state = run_jitted(lambda v, x: net.apply(v, x, train=False, capture_intermediates=True,
                                                   mutable=["intermediates"]), variables, x)
     return {name: value["__call__"][0].shape for name, value in state["intermediates"].items() if name != "__call__"}
 
@@ -101,7 +101,7 @@ def test_preact_resnet18_stage_shapes_and_shortcuts():
     assert shapes["layer3_2"] == (2, 8, 8, 64)
     assert shapes["layer4_2"] == (2, 4, 4, 64)
     assert shapes["classifier"] == (2, 10)
-    params = run_quickly(lambda key, x: net.init(key, x, train=False), jax.random.key(0),
+    params = run_jitted(lambda key, x: net.init(key, x, train=False), jax.random.key(0),
                          jnp.zeros((1, 32, 32, 3)))["params"]
     assert "shortcut" not in params["layer1_1"] and "shortcut" in params["layer2_1"]
     assert "shortcut" not in params["layer2_2"]
@@ -248,7 +248,7 @@ def test_dirac_init_passes_the_first_channels_through():
 def test_whitening_bias_starts_at_zero_or_at_pytorchs_default_draw(preset, drawn):
     """airbench94_muon's whitening conv is a plain nn.Conv2d: its bias starts at U(+-1/sqrt(3 x 2 x 2))."""
     net = model.for_recipe(presets.get_preset(preset), width_mult=0.0625)
-    bias = np.asarray(run_quickly(lambda key, x: net.init(key, x, train=False), jax.random.key(0),
+    bias = np.asarray(run_jitted(lambda key, x: net.init(key, x, train=False), jax.random.key(0),
                                   jnp.zeros((2, 32, 32, 3)))["params"]["whitening_bias"])
     assert bias.shape == (24,)
     if drawn:
@@ -284,6 +284,6 @@ def test_airbench_network_shape():
     assert "scale" not in variables["params"]["layer1"]["GhostBatchNorm_0"]  # BN weights frozen at 1
     assert model.scaled_widths(AIRBENCH, 0.25) == (24, 16, 64, 64)  # the whitening stem's width stays
     muon_net = model.for_recipe(presets.get_preset("airbench94-muon"), width_mult=0.25)
-    head = run_quickly(lambda key, x: muon_net.init(key, x, train=False), jax.random.key(0), x
+    head = run_jitted(lambda key, x: muon_net.init(key, x, train=False), jax.random.key(0), x
                        )["params"]["classifier"]["kernel"]
     assert float(jnp.std(head)) == pytest.approx(1.0, rel=1e-5)  # airbench94_muon's head: unit std

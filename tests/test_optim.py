@@ -3,7 +3,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import run_quickly
+from conftest import run_jitted
 from jax_resnet_speed import optim, presets
 
 
@@ -225,7 +225,7 @@ def test_hyper_steps_as_the_recipe_with_its_values_written_in(preset):
     written = recipe.replace(**{"optimiser.lr_knots": tuple((e, lr * lr_scale) for e, lr in recipe.optimiser.lr_knots),
                                 "optimiser.weight_decay": weight_decay, "optimiser.momentum": momentum})
     net = model.for_recipe(recipe, 0.125, jnp.float32)
-    params = run_quickly(lambda key: net.init(key, jnp.zeros((1, 32, 32, 3)), train=False)["params"], jax.random.key(0))
+    params = run_jitted(lambda key: net.init(key, jnp.zeros((1, 32, 32, 3)), train=False)["params"], jax.random.key(0))
     leaves, tree = jax.tree.flatten(params)
     grads = [jax.tree.unflatten(tree, [jnp.asarray(np.random.default_rng(step + 10 * i).normal(size=leaf.shape),
                                                    jnp.float32) for i, leaf in enumerate(leaves)])
@@ -239,7 +239,7 @@ def test_hyper_steps_as_the_recipe_with_its_values_written_in(preset):
                 trained = optax.apply_updates(trained, updates)
             return trained
 
-        return run_quickly(steps, params, grads)
+        return run_jitted(steps, params, grads)
 
     steps_per_epoch = 10
     by_hyper = three_steps(optim.make_optimizer(recipe, optim.lr_schedule(recipe, steps_per_epoch), 128,

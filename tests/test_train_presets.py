@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import QUICK_COMPILE
 
 from jax_resnet_speed import presets, train
 from jax_resnet_speed.data import in_memory
@@ -34,17 +33,13 @@ def test_every_preset_builds_takes_a_step_and_evaluates(preset):
     labels = rng.integers(0, 10, 64).astype(np.int32)
     data = train.put_on_device(in_memory(images, labels, images[:20], labels[:20], MEAN, STD), recipe, jnp.float32)
     programs = train.build_programs(config, data)
-
-    def quickly(program, *args):
-        return program.lower(*args).compile(QUICK_COMPILE)(*args)
-
-    state = quickly(programs.init, jax.random.key(0), data.train_padded, programs.hyper)
+    state = programs.init(jax.random.key(0), data.train_padded, programs.hyper)
     before = jax.tree_util.tree_map(np.array, state.params)
-    state = quickly(programs.train_step, state, data.train_padded, data.train_labels,
-                    programs.epoch_batches(state.rng, jnp.int32(1)))
+    state = programs.train_step(state, data.train_padded, data.train_labels,
+                                programs.epoch_batches(state.rng, jnp.int32(1)))
     assert int(state.step) == 1 and np.isfinite(float(state.totals[0]))
     moved = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != np.asarray(b))), before, state.params)
     assert all(jax.tree_util.tree_leaves(moved)), "every parameter takes a step"
     correct, correct_tta, loss_sum, count = np.asarray(
-        quickly(programs.evaluate, train.eval_variables(state), data.test_images, data.test_labels))
+        programs.evaluate(train.eval_variables(state), data.test_images, data.test_labels))
     assert count == 20 and 0 <= correct <= 20 and 0 <= correct_tta <= 20 and np.isfinite(loss_sum)

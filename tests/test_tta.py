@@ -71,7 +71,7 @@ def test_replace_least_confident_skips_ineligible_rows_and_runs_in_chunks():
 def test_evaluation_with_selective_tta_at_fraction_one_is_full_tta_and_near_zero_plain():
     """train's evaluate: labels set to the full TTA's predictions, so TTA gets every image right; selective
     TTA over all of them does too, and over none is the plain pass (which misses some)."""
-    from conftest import QUICK_COMPILE, make_learnable
+    from conftest import make_learnable
     from jax_resnet_speed import data as data_lib, model, presets, train
 
     recipe = presets.get_preset("airbench94")
@@ -92,8 +92,7 @@ def test_evaluation_with_selective_tta_at_fraction_one_is_full_tta_and_near_zero
     def sums(fraction):
         config_f = dataclasses.replace(config, recipe=recipe.replace(**{"evaluation.tta_selective_fraction": fraction}))
         evaluate = train.build_programs(config_f, data).evaluate
-        return np.asarray(evaluate.lower(variables, data.test_images, labels).compile(QUICK_COMPILE)(
-            variables, data.test_images, labels))
+        return np.asarray(evaluate(variables, data.test_images, labels))
 
     np.testing.assert_array_equal(sums(1.0)[:2], [plain_correct, 64])
     np.testing.assert_array_equal(sums(0.01)[:2], [plain_correct, plain_correct])  # int(0.01 x 64) = 0 images
