@@ -10,6 +10,11 @@ products, which torch.utils.flop_counter also counts), achieved TFLOP/s and util
 the device's datasheet peak and against a matrix product measured in the same run, bytes
 accessed per step with the implied bandwidth, and compile seconds with the persistent
 cache cold and warm. CPU numbers are labelled as such: they say nothing about a GPU.
+
+It also counts the model FLOPs of the recipe's whole run on CIFAR-10 (its train steps, and its
+final evaluation's forward passes, as the airbench scripts count them) and prints them beside
+the PFLOPs the recipe's script publishes, where it publishes a figure; at a --width-mult other
+than 1 the run is counted for that width and not compared.
 """
 
 from __future__ import annotations
@@ -124,7 +129,7 @@ def bench_jax(args: argparse.Namespace, loops: Sequence[str] | None, result: dic
     import jax
     import jax.numpy as jnp
 
-    from jax_resnet_speed import flops, train
+    from jax_resnet_speed import flops, model, train
 
     backend = jax.default_backend()
     config = cli.resolve_config(args, backend)
@@ -167,6 +172,11 @@ def bench_jax(args: argparse.Namespace, loops: Sequence[str] | None, result: dic
         step_compiled = step_compiled or programs.train_step.lower(*step_args).compile()
         result["xla_flops_per_step"], result["bytes_per_step"] = flops.xla_cost(step_compiled)
         result["model_flops_per_step"] = flops.model_flops(programs.train_step, *step_args)
+        net = model.for_recipe(config.recipe, config.width_mult, dtype)
+        image = jax.ShapeDtypeStruct((1, *data.test_images.shape[2:]), data.test_images.dtype)
+        forward = flops.model_flops(lambda variables, x: net.apply(variables, x, train=False),
+                                    train.eval_variables(state), image)
+        result["run"] = flops.run_flops(config.recipe, config.width_mult, result["model_flops_per_step"], forward)
         size = MATMUL_SIZE.get(backend, 1024)
         result["matmul"] = {"size": size, "dtype": config.precision,
                             "tflops": flops.measured_matmul_tflops(dtype, size)}
@@ -178,7 +188,7 @@ def bench_torch(args: argparse.Namespace) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from jax_resnet_speed import torch_reference
+    from jax_resnet_speed import flops, torch_reference
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
@@ -191,10 +201,13 @@ def bench_torch(args: argparse.Namespace) -> dict:
     trainer = torch_reference.Trainer(config, device, torch_reference.whitening_filters(dataset, recipe),
                                       args.steps, compile_model=args.compile)
     compile_seconds = torch_reference.warm_up(trainer, device_data, seed=0)
-    counter = FlopCounterMode(display=False)
+    counter, forward = FlopCounterMode(display=False), FlopCounterMode(display=False)
     with counter:
         trainer.train_epoch(device_data, steps=1)
-    trainer.reset(0)
+    trainer.model.eval()
+    with forward, torch.no_grad():
+        trainer.model(device_data.test_images[:1])
+    trainer.reset(0)  # the network back in training mode, its first step's work undone
 
     def run_chunk():
         trainer.train_epoch(device_data)
@@ -211,6 +224,7 @@ def bench_torch(args: argparse.Namespace) -> dict:
     matmul_seconds = statistics.median(time_chunks(matmul, 5))
     return {"loops": {"step": timing}, "compile": {"step": [{"seconds": compile_seconds, "cache": "no"}]},
             "xla_flops_per_step": None, "bytes_per_step": None, "model_flops_per_step": counter.get_total_flops(),
+            "run": flops.run_flops(recipe, config.width_mult, counter.get_total_flops(), forward.get_total_flops()),
             "matmul": {"size": size, "dtype": config.precision, "tflops": 2 * size ** 3 / matmul_seconds / 1e12},
             "config": config.to_dict()}
 
@@ -251,6 +265,8 @@ def format_table(payload: dict) -> str:
     lines.append(f"per step: {giga(result['model_flops_per_step'])} GFLOP model (convolutions and matmuls), "
                  f"{giga(result['xla_flops_per_step'])} GFLOP XLA cost analysis, "
                  f"{giga(result['bytes_per_step'])} GB accessed")
+    if result.get("run"):
+        lines.append(run_line(result["run"]))
     header = ("loop", "step ms", "IQR ms", "min ms", "max ms", "images/s", "TFLOP/s", "MFU peak", "MFU mm", "GB/s")
     lines.append("  ".join(f"{h:>9}" for h in header))
 
@@ -266,13 +282,27 @@ def format_table(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def run_line(run: dict) -> str:
+    """The whole run's model FLOPs (flops.run_flops), and the script's published figure beside them."""
+    width = "" if run["width_mult"] == 1 else f" at width x{run['width_mult']:g}"
+    text = (f"per run{width}: {run['pflops']:.4g} PFLOP model ({run['run_steps']:,} steps of "
+            f"{run['train_images'] // run['run_steps']:,} images, then {run['evaluation_forward_passes']:,} "
+            f"forward passes of evaluation)")
+    published, ratio = run["published_pflops"], run["ratio_to_published"]
+    if published is None:
+        return f"{text}; its script publishes no figure"
+    if ratio is None:
+        return f"{text}; its script publishes {published:g} PFLOP for the full width: not compared"
+    return f"{text}; its script publishes {published:g} PFLOP: ours x{ratio:.3f} ({ratio - 1:+.1%})"
+
+
 def bench(args: argparse.Namespace, loops: Sequence[str] | None) -> dict:
     """Measure, and return the JSON payload; after a Ctrl-C, with the loop modes timed so far and
     "interrupted": true. Raises KeyboardInterrupt when none was."""
     from jax_resnet_speed import flops
 
     result: dict = {"loops": {}, "compile": {}, "xla_flops_per_step": None, "bytes_per_step": None,
-                    "model_flops_per_step": None, "matmul": None}
+                    "model_flops_per_step": None, "run": None, "matmul": None}
     interrupted = False
     try:
         if args.framework == "torch":

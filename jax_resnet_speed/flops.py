@@ -6,6 +6,10 @@ Two counts of a train step's work:
 - model FLOPs: 2 x the multiply-adds of the convolutions and matrix products in the program's
   jaxpr, forward and backward. This is the count behind model FLOP utilisation, and the one
   torch.utils.flop_counter makes for PyTorch, so the two frameworks compare.
+
+A whole run's model FLOPs (run_flops) are its train steps' and its final evaluation's forward
+passes, the way the airbench scripts count the PFLOPs they publish: a trained image costs its
+forward and backward passes (about 3 forward), a test image one forward pass per TTA view.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from jax_resnet_speed import presets
+
+TEST_IMAGES = 10_000  # CIFAR-10's test set, which a run evaluates in full at its end
 
 
 def _conv_flops(eqn: Any) -> int:
@@ -67,6 +75,34 @@ def jaxpr_model_flops(jaxpr: Any) -> int:
 def model_flops(fn: Any, *args: Any) -> int:
     """Model FLOPs of one call of `fn` on arguments of these shapes (traced, never run)."""
     return jaxpr_model_flops(jax.make_jaxpr(fn)(*args))
+
+
+def evaluation_forward_passes(evaluation: presets.Evaluation, test_images: int = TEST_IMAGES) -> int:
+    """Forward passes of a run's final evaluation, as the scripts count them: one per TTA view of
+    each test image (1 without TTA, 2 with flip TTA, 6 with airbench's shifts too); selective TTA
+    (the record's) is a plain pass over every image, then the views of the int(fraction x n)
+    least confident."""
+    views = (6 if evaluation.tta_shift else 2) if evaluation.tta else 1
+    if evaluation.tta_selective_fraction:
+        return test_images + views * int(evaluation.tta_selective_fraction * test_images)
+    return views * test_images
+
+
+def run_flops(recipe: presets.Recipe, width_mult: float, step_flops: float,
+              forward_flops_per_image: float) -> dict:
+    """Model FLOPs of the recipe's whole run on CIFAR-10: `step_flops` (one train step's) x its
+    steps, plus its final evaluation's forward passes, beside the figure its script publishes.
+
+    The ratio to the published figure is given at full width only: a narrowed network (width_mult
+    != 1) is not the script's, so its run is counted but not compared."""
+    run_steps = recipe.run_steps(presets.steps_per_epoch(recipe.batch_size))
+    passes = evaluation_forward_passes(recipe.evaluation)
+    pflops = (step_flops * run_steps + forward_flops_per_image * passes) / 1e15
+    published = recipe.timing.published_pflops
+    return {"run_steps": run_steps, "train_images": run_steps * recipe.batch_size,
+            "evaluation_forward_passes": passes, "forward_flops_per_image": forward_flops_per_image,
+            "pflops": pflops, "width_mult": width_mult, "published_pflops": published,
+            "ratio_to_published": pflops / published if published and width_mult == 1 else None}
 
 
 def xla_cost(compiled: Any) -> tuple[float | None, float | None]:

@@ -247,6 +247,9 @@ class Timing:
     published_seconds: float | None = None  # Myrtle's time on a V100 for this step
     published_accuracy: float | None = None  # where the step was not timed to the target (post 4's search)
     published_device: str = "V100"
+    # The script's own count of a run's work, PFLOP (its header or README): `bench` prints the preset's
+    # count beside it (flops.run_flops). None where the script publishes none.
+    published_pflops: float | None = None
     # "myrtle": the clock covers the training epochs; seconds to target end at the first epoch
     # whose accuracy reaches it. "airbench": the clock covers the whitening initialisation (the
     # init program), the training epochs and the final evaluation with TTA, and a recipe's claim
@@ -462,6 +465,7 @@ class Step:
     changes: Mapping[str, Any]  # dotted path (Recipe.replace) -> new value
     published_seconds: float
     published_accuracy: float | None = None
+    published_pflops: float | None = None
 
 
 def chain(start: Recipe, steps: tuple[Step, ...]) -> list[Recipe]:
@@ -471,7 +475,8 @@ def chain(start: Recipe, steps: tuple[Step, ...]) -> list[Recipe]:
         recipes.append(recipes[-1].replace(
             name=step.name, description=step.description, change=step.change,
             timing=dataclasses.replace(recipes[-1].timing, published_seconds=step.published_seconds,
-                                       published_accuracy=step.published_accuracy),
+                                       published_accuracy=step.published_accuracy,
+                                       published_pflops=step.published_pflops),
             **step.changes))
     return recipes
 
@@ -667,7 +672,8 @@ AIRBENCH94 = Recipe(
         lookahead=Lookahead(every=5, decay=0.95)),
     data=Data(batch_size=1024, crop_padding=2, alternating_flip=True),
     evaluation=Evaluation(tta=True, tta_shift=1),
-    timing=Timing(published_seconds=3.83, published_device="A100", rule="airbench"),
+    # 0.36 PFLOP: the cifar10-airbench README's table (commit 00e4a0a3).
+    timing=Timing(published_seconds=3.83, published_device="A100", rule="airbench", published_pflops=0.36),
 )
 
 # airbench94_muon's SGD groups (Nesterov 0.85): whitening bias lr 0.053 (decaying to 0 over 3
@@ -697,7 +703,8 @@ AIRBENCH94_MUON = Recipe(
         muon=Muon(lr=0.24, momentum=0.6, nesterov=True, ns_steps=3, ns_dtype="bf16")),
     data=Data(batch_size=AIRBENCH_MUON_BATCH, crop_padding=2, alternating_flip=True),
     evaluation=Evaluation(tta=True, tta_shift=1),
-    timing=Timing(published_seconds=2.59, published_device="A100", rule="airbench"),
+    # 0.29 PFLOP: the cifar10-airbench README's table (the version that lists airbench94_muon).
+    timing=Timing(published_seconds=2.59, published_device="A100", rule="airbench", published_pflops=0.29),
 )
 
 # airbench95 (legacy/airbench95.py) is airbench94 widened, with lr 10 per 1024 (the same
@@ -713,7 +720,8 @@ AIRBENCH_STEPS = (
          {"network.widths": (24, 128, 384, 384), "optimiser.epochs": AIRBENCH95_EPOCHS,
           "optimiser.lr_knots": ((0, 0.2 * AIRBENCH95_PEAK_LR), (0.23 * AIRBENCH95_EPOCHS, AIRBENCH95_PEAK_LR),
                                  (AIRBENCH95_EPOCHS, 0.07 * AIRBENCH95_PEAK_LR)),
-          "optimiser.weight_decay": 0.0153 / 10.0, "timing.target": 0.95}, 10.4),
+          "optimiser.weight_decay": 0.0153 / 10.0, "timing.target": 0.95}, 10.4,
+         published_pflops=1.39),  # the script's header (line 2); its README rounds to 1.4
     Step("airbench96", "widths 128/384/512, 3 convs + residual, cutout 12, 37 epochs, target 96%",
          "airbench96 (Keller Jordan, legacy/airbench96.py): widths 128/384/512, three convs per group with a "
          "residual over the last two, BN momentum 0.1, translate 4, cutout 12, lr 9 and wd 0.012 per 1024, "
@@ -724,7 +732,8 @@ AIRBENCH_STEPS = (
           # x 0.2 -> 1 over int(0.1 x 1776) = 177 of the 48-step epochs' steps, then linearly to 0.
           "optimiser.lr_knots": ((0, 0.2 * AIRBENCH96_PEAK_LR), (177 / 48, AIRBENCH96_PEAK_LR),
                                  (AIRBENCH96_EPOCHS, 0.0)),
-          "optimiser.weight_decay": 0.012 / 9.0, "timing.target": 0.96}, 34.7),
+          "optimiser.weight_decay": 0.012 / 9.0, "timing.target": 0.96}, 34.7,
+         published_pflops=4.91),  # the script's header; its README rounds to 4.9
 )
 
 # hiverge's cifar10_speedrun.py (commit 001aea4c; docs/recipe.md), the 94% record, from airbench94_muon.

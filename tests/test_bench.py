@@ -4,11 +4,13 @@ import pytest
 
 from conftest import sigint_when
 from jax_resnet_speed import bench
-from test_flops import resnet9_train_flops_per_image
+from test_flops import resnet9_forward_flops_per_image, resnet9_train_flops_per_image
 
 TINY = ["--preset", "myrtle-resnet9", "--width-mult", "0.0625", "--batch-size", "32", "--precision", "fp32",
         "--steps", "2", "--repeats", "2"]
 HAND_COUNT = 32 * resnet9_train_flops_per_image((4, 8, 16, 32))
+FORWARD = resnet9_forward_flops_per_image((4, 8, 16, 32))
+RUN_STEPS = 24 * (50_000 // 32)  # myrtle-resnet9's 24 epochs at batch 32
 
 
 def test_jax_bench_prints_its_table_and_json_and_the_warm_compile_is_faster(tmp_path, capsys):
@@ -23,6 +25,14 @@ def test_jax_bench_prints_its_table_and_json_and_the_warm_compile_is_faster(tmp_
     # XLA's own count (elementwise work included, its own convention at the borders) lands close to it.
     assert result["xla_flops_per_step"] == pytest.approx(HAND_COUNT, rel=0.1)
     assert result["bytes_per_step"] > 0
+    # The whole run's count, at this width: 24 epochs of steps, then a plain pass over the 10,000
+    # test images (myrtle-resnet9 has no TTA); post 4 published no FLOPs.
+    assert result["run"] == {
+        "run_steps": RUN_STEPS, "train_images": RUN_STEPS * 32, "evaluation_forward_passes": 10_000,
+        "forward_flops_per_image": FORWARD, "pflops": pytest.approx((RUN_STEPS * HAND_COUNT + 10_000 * FORWARD) / 1e15),
+        "width_mult": 0.0625, "published_pflops": None, "ratio_to_published": None}
+    assert (f"per run at width x0.0625: {result['run']['pflops']:.4g} PFLOP model (37,488 steps of 32 images, "
+            "then 10,000 forward passes of evaluation); its script publishes no figure") in text
     assert set(payload["rows"]) == {"step"}
     for loop, row in payload["rows"].items():
         assert len(row["chunk_seconds"]) == 2 and row["min_step_seconds"] <= row["median_step_seconds"]
@@ -43,6 +53,7 @@ def test_torch_bench_counts_the_same_model_flops(tmp_path, capsys):
     payload = json.loads(out.read_text())
     assert payload["framework"] == "torch"
     assert payload["result"]["model_flops_per_step"] == pytest.approx(HAND_COUNT, rel=0.01)
+    assert payload["result"]["run"]["forward_flops_per_image"] == pytest.approx(FORWARD, rel=0.01)
     assert payload["rows"]["step"]["images_per_second"] > 0
 
 

@@ -7,8 +7,9 @@ from jax_resnet_speed import flops, presets, train
 from jax_resnet_speed.data import in_memory
 
 
-def resnet9_train_flops_per_image(widths) -> int:
-    """Post 4's ResNet-9 by hand: multiply-adds of each conv (3x3, "same") and of the head, per image."""
+def resnet9_macs(widths) -> tuple[int, int]:
+    """Post 4's ResNet-9 by hand: multiply-adds per image of its first conv, and of every other conv
+    (3x3, "same") and the head."""
     c0, c1, c2, c3 = widths
     prep = 32 * 32 * 9 * 3 * c0
     rest = (32 * 32 * 9 * c0 * c1  # layer 1's conv runs before its pool
@@ -16,8 +17,17 @@ def resnet9_train_flops_per_image(widths) -> int:
             + 16 * 16 * 9 * c1 * c2 + 8 * 8 * 9 * c2 * c3  # layers 2 and 3
             + 2 * 4 * 4 * 9 * c3 * c3  # residual block 3
             + c3 * 10)  # the linear head
+    return prep, rest
+
+
+def resnet9_train_flops_per_image(widths) -> int:
+    prep, rest = resnet9_macs(widths)
     # Forward, weight gradient, and input gradient for every layer but the first (the images need none).
     return 2 * (2 * prep + 3 * rest)
+
+
+def resnet9_forward_flops_per_image(widths) -> int:
+    return 2 * sum(resnet9_macs(widths))
 
 
 def test_a_convolution_and_a_product_counted_by_hand():

@@ -52,6 +52,7 @@ def airbench96_faster_pflops():
 
 # (published PFLOPs per run, ours), the published figures from each script's header or README.
 PUBLISHED = {
+    "airbench94": (0.36, run_pflops(AIRBENCH94, ceil(9.9 * 48), 1024)),
     "airbench94_muon": (0.29, run_pflops(AIRBENCH94, ceil(8 * 25), 2000)),
     "airbench95": (1.39, run_pflops(AIRBENCH95, ceil(15 * 48), 1024)),
     "airbench96": (4.91, run_pflops(AIRBENCH96, ceil(37 * 48), 1024)),
@@ -92,6 +93,43 @@ def test_the_project_model_counts_the_same_forward_flops(preset, changes, widths
     assert counted == 60 * airbench_forward_flops(widths, convs)
     script = preset.replace("-", "_")
     if not changes and script in PUBLISHED:
-        published, _ = PUBLISHED[script]
-        ours = run_pflops(counted // 60, recipe.run_steps(TRAIN // recipe.batch_size), recipe.batch_size)
-        assert abs(ours / published - 1) < 0.03, (script, ours, published)
+        forward = counted // 60
+        run = flops.run_flops(recipe, 1.0, 3 * forward * recipe.batch_size, forward)
+        assert run["published_pflops"] == PUBLISHED[script][0]
+        assert abs(run["ratio_to_published"] - 1) < 0.03, (script, run)
+
+
+# The presets of the scripts that publish a run's PFLOPs: each one's script and forward FLOPs per image.
+PRESETS_PUBLISHED = {"airbench94": ("airbench94", AIRBENCH94), "airbench94-muon": ("airbench94_muon", AIRBENCH94),
+                     "airbench95": ("airbench95", AIRBENCH95), "airbench96": ("airbench96", AIRBENCH96)}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS_PUBLISHED))
+def test_bench_counts_a_run_as_the_hand_count_does_beside_its_scripts_figure(preset):
+    """flops.run_flops, which bench prints, from a train step of 3 forward passes per image: the hand
+    count's run, and the published figure from the preset itself, within 3% of it (x1.027 at most)."""
+    script, forward = PRESETS_PUBLISHED[preset]
+    recipe = presets.get_preset(preset)
+    run = flops.run_flops(recipe, 1.0, 3 * forward * recipe.batch_size, forward)
+    published, ours = PUBLISHED[script]
+    assert run["published_pflops"] == published
+    assert run["pflops"] == pytest.approx(ours, rel=1e-12)
+    assert run["ratio_to_published"] == pytest.approx(ours / published, rel=1e-12)
+    assert abs(run["ratio_to_published"] - 1) < 0.03
+    narrow = flops.run_flops(recipe, 0.5, 3 * forward * recipe.batch_size, forward)
+    assert narrow["published_pflops"] == published and narrow["ratio_to_published"] is None  # not the script's net
+
+
+@pytest.mark.parametrize("preset, passes", [
+    ("myrtle-resnet9", 10_000),  # no TTA: one plain pass
+    ("myrtle-final", 20_000),  # flip TTA: 2 views
+    ("airbench94", 60_000),  # 6 views
+    ("record94", 10_000 + 6 * 2_000)])  # selective: a plain pass, then 6 views of the 20% least confident
+def test_a_runs_evaluation_counts_each_view_of_each_test_image(preset, passes):
+    recipe = presets.get_preset(preset)
+    assert flops.evaluation_forward_passes(recipe.evaluation) == passes
+    run = flops.run_flops(recipe, 1.0, step_flops=1e9, forward_flops_per_image=1e6)
+    steps = ceil(recipe.epochs * (TRAIN // recipe.batch_size) - 1e-9)
+    assert run["run_steps"] == steps and run["train_images"] == steps * recipe.batch_size
+    assert run["pflops"] == pytest.approx((steps * 1e9 + passes * 1e6) / 1e15)
+    assert run["published_pflops"] == recipe.timing.published_pflops
