@@ -37,7 +37,8 @@ def vmapped(programs: train.Programs) -> train.Programs:
         epoch_batches=jax.jit(jax.vmap(programs.epoch_batches, in_axes=(0, None))),
         train_step=jax.jit(jax.vmap(programs.train_step, in_axes=(0, None, None, 0)), donate_argnums=0),
         train_steps=jax.jit(jax.vmap(programs.train_steps, in_axes=(0, None, None, 0)), donate_argnums=0),
-        evaluate=jax.jit(jax.vmap(programs.evaluate, in_axes=(0, None, None))))
+        evaluate=jax.jit(jax.vmap(programs.evaluate, in_axes=(0, None, None))),
+        proxy_run=programs.proxy_run and jax.jit(jax.vmap(programs.proxy_run, in_axes=(0, None, None, 0))))
 
 
 def compile_group(programs: train.Programs, data: train.DeviceData, seeds: Sequence[int],

@@ -22,7 +22,7 @@ from jax_resnet_speed import augment, compilation, interrupt, loop, optim, paral
 from jax_resnet_speed.data import Dataset
 from jax_resnet_speed.presets import Recipe
 from jax_resnet_speed.settings import EVAL_BATCH, IMAGE_SIZE, RunConfig  # noqa: F401 (IMAGE_SIZE: the package's)
-from jax_resnet_speed.train import steps
+from jax_resnet_speed.train import filtering, steps
 # The package's names for the state and what is evaluated (steps.py defines them beside the programs).
 from jax_resnet_speed.train.steps import PRECISIONS, TrainState, eval_variables, logits_with_tta  # noqa: F401
 
@@ -102,6 +102,8 @@ class Programs:
     hyper: optim.Hyper  # the recipe's own
     loop: str = "step"  # which of train_step and train_steps train_epoch calls
     run_steps: int | None = None  # the run's length; a fractional run ends with a partial epoch
+    # With data filtering, the proxy's run (filtering.proxy_run): (rng, images, labels, hyper) -> state.kept.
+    proxy_run: Callable[[jax.Array, jax.Array, jax.Array, optim.Hyper], jax.Array] | None = None
 
 
 def build_programs(config: RunConfig, data: DeviceData) -> Programs:
@@ -113,7 +115,8 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
                     train_step=Bound(steps.train_step, setup), train_steps=Bound(steps.train_steps, setup),
                     evaluate=Bound(steps.evaluate, setup), schedule=setup.schedule,
                     steps_per_epoch=setup.steps_per_epoch, hyper=optim.Hyper.of(config.recipe), loop=config.loop,
-                    run_steps=setup.run_steps)
+                    run_steps=setup.run_steps,
+                    proxy_run=Bound(filtering.proxy_run, setup) if config.recipe.data.filtering else None)
 
 
 def compile_init(programs: Programs, key: jax.Array, train_padded: jax.Array, hyper: optim.Hyper) -> Callable:
@@ -138,6 +141,11 @@ def compile_programs(programs: Programs, data: DeviceData, seed: int,
     on_stage("compiling and running the initialisation")
     init = compile_init(programs, key, data.train_padded, hyper)
     state = init(key, data.train_padded, hyper)
+    proxy_run = programs.proxy_run
+    if proxy_run is not None:
+        on_stage("compiling and running the proxy's run (data filtering)")
+        proxy_run = proxy_run.lower(state.rng, data.train_padded, data.train_labels, hyper).compile()
+        state = state.replace(kept=proxy_run(state.rng, data.train_padded, data.train_labels, hyper))
     on_stage("compiling the epoch shuffle")
     epoch_batches = programs.epoch_batches.lower(state.rng, jnp.int32(0)).compile()
     batches = epoch_batches(state.rng, jnp.int32(0))
@@ -154,7 +162,8 @@ def compile_programs(programs: Programs, data: DeviceData, seed: int,
     on_stage("warming up: one throw-away step (or epoch) and evaluation")
     state = train[names[0]](state, data.train_padded, data.train_labels, batches)
     jax.block_until_ready(evaluate(eval_variables(state), data.test_images, data.test_labels))
-    compiled = dataclasses.replace(programs, init=init, epoch_batches=epoch_batches, evaluate=evaluate, **train)
+    compiled = dataclasses.replace(programs, init=init, epoch_batches=epoch_batches, evaluate=evaluate,
+                                   proxy_run=proxy_run, **train)
     return compiled, time.perf_counter() - start
 
 
@@ -170,6 +179,14 @@ def train_epoch(programs: Programs, data: DeviceData, state: TrainState, epoch: 
         interrupt.check()  # Ctrl-C stops after the step in flight (a flag read on the host: no sync)
         state = programs.train_step(state, data.train_padded, data.train_labels, batches)
     return state
+
+
+def initial_state(programs: Programs, data: DeviceData, key: jax.Array, hyper: optim.Hyper) -> TrainState:
+    """A new run's state (init); with data filtering, after the proxy's run, which picks what each step trains on."""
+    state = programs.init(key, data.train_padded, hyper)
+    if programs.proxy_run is None:
+        return state
+    return state.replace(kept=programs.proxy_run(state.rng, data.train_padded, data.train_labels, hyper))
 
 
 class Engine:
@@ -188,7 +205,7 @@ class Engine:
 
     def init(self) -> None:
         key, hyper = self.init_arguments()
-        self.state = jax.block_until_ready(self.programs.init(key, self.data.train_padded, hyper))
+        self.state = jax.block_until_ready(initial_state(self.programs, self.data, key, hyper))
 
     def train_epoch(self, epoch: int, steps: int) -> None:
         self.state = train_epoch(self.programs, self.data, self.state, epoch, steps)
@@ -231,6 +248,6 @@ def run(programs: Programs, data: DeviceData, config: RunConfig, seed: int,
 
 def profile_epoch(programs: Programs, data: DeviceData, seed: int, trace_dir: str) -> None:
     """Trace one full epoch of a throw-away run with jax.profiler (after compilation)."""
-    state = jax.block_until_ready(programs.init(jax.random.key(seed), data.train_padded, programs.hyper))
+    state = jax.block_until_ready(initial_state(programs, data, jax.random.key(seed), programs.hyper))
     with jax.profiler.trace(trace_dir):
         jax.block_until_ready(train_epoch(programs, data, state, epoch=1))

@@ -1,0 +1,81 @@
+"""Data filtering by a proxy model's scores (airbench96_faster): the proxy's whole run, one jitted program.
+
+The proxy (presets.Filtering.proxy) trains on exactly the batches the recipe's network will see:
+the same shuffles and augmentation, from the same key (the run's `state.rng`). At every step it
+runs forward in train mode and records which examples of the batch have the highest loss; one step
+in `backward_every` it also steps its optimiser on the loss summed over those. The recipe's network
+then trains step t on the examples recorded at step t (steps.train_step reads them from `state.kept`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jax_resnet_speed import augment, optim
+from jax_resnet_speed.train import steps
+from jax_resnet_speed.train.steps import Setup, TrainState
+
+PROXY_STREAM = 2**31 - 3  # the fold_in tag of the proxy's initial weights (augment.FLIP_STREAM's neighbour)
+
+
+def hardest(losses: jax.Array, count: int) -> jax.Array:
+    """The positions of the `count` highest losses, highest first."""
+    return jax.lax.top_k(losses, count)[1]
+
+
+def proxy_setup(setup: Setup) -> Setup:
+    """The proxy's programs' Setup: its recipe (presets.Filtering.proxy), the run's width and data."""
+    return Setup(setup.recipe.data.filtering.proxy(setup.recipe), setup.width_mult, setup.precision,
+                 setup.num_train, setup.mesh)
+
+
+def proxy_optimizer(setup: Setup, hyper: optim.Hyper) -> optax.GradientTransformation:
+    """The recipe's optimiser for the proxy, in units of the kept examples (its loss sums those). It steps
+    at steps 0, k, 2k, ... (k = backward_every), so its n-th update reads the schedule at step n k."""
+    filtering, proxy = setup.recipe.data.filtering, proxy_setup(setup)
+    return optim.make_optimizer(proxy.recipe, lambda count: proxy.schedule(count * filtering.backward_every),
+                                setup.recipe.data.trained_batch, hyper, proxy.steps_per_epoch)
+
+
+def proxy_step(setup: Setup, state: TrainState, images: jax.Array, labels: jax.Array,
+               idx: jax.Array) -> tuple[TrainState, jax.Array]:
+    """One step of the proxy (`state`) on the training images `idx`: the positions of the hardest
+    examples of the batch, and the proxy's state after its forward pass (and every `backward_every`
+    steps, its optimiser step on their summed loss)."""
+    filtering, proxy = setup.recipe.data.filtering, proxy_setup(setup)
+    count = setup.recipe.data.trained_batch
+    x, y = steps.augmented_batch(proxy, state, images, labels, idx)
+
+    def kept_loss(losses):
+        return jnp.sum(losses[hardest(jax.lax.stop_gradient(losses), count)])
+
+    def with_backward(state):
+        new, losses, _ = steps.gradient_step(proxy, functools.partial(proxy_optimizer, setup), state, x, y, kept_loss)
+        return new, hardest(losses, count)
+
+    def forward_only(state):
+        losses, (_, batch_stats) = steps.train_losses(proxy, state, state.params, x, y)
+        return state.replace(batch_stats=batch_stats), hardest(losses, count)
+
+    new, kept = jax.lax.cond(state.step % filtering.backward_every == 0, with_backward, forward_only, state)
+    return new.replace(step=state.step + 1), kept
+
+
+@functools.partial(jax.jit, static_argnames="setup")
+def proxy_run(setup: Setup, rng: jax.Array, images: jax.Array, labels: jax.Array, hyper: optim.Hyper) -> jax.Array:
+    """The proxy's whole run for a run whose data key is `rng`: (run steps, trained batch) positions,
+    in each step's batch of the recipe's network, of the examples that step trains on."""
+    proxy = proxy_setup(setup)
+    state = steps.init.__wrapped__(proxy, jax.random.fold_in(rng, PROXY_STREAM), images, hyper).replace(rng=rng)
+    # Every epoch's shuffle as steps.epoch_batches draws it for epochs 1, 2, ... (loop.run counts from 1).
+    epochs = jnp.arange(1, math.ceil(setup.run_steps / setup.steps_per_epoch) + 1)
+    batches = jax.vmap(lambda epoch: augment.epoch_batches(jax.random.fold_in(rng, epoch), setup.num_train,
+                                                           setup.recipe.data.batch_size))(epochs)
+    batches = batches.reshape(-1, setup.recipe.data.batch_size)[:setup.run_steps]
+    _, kept = jax.lax.scan(lambda s, idx: proxy_step(setup, s, images, labels, idx), state, batches)
+    return kept
