@@ -70,12 +70,22 @@ def proxy_step(setup: Setup, state: TrainState, images: jax.Array, labels: jax.A
 def proxy_run(setup: Setup, rng: jax.Array, images: jax.Array, labels: jax.Array, hyper: optim.Hyper) -> jax.Array:
     """The proxy's whole run for a run whose data key is `rng`: (run steps, trained batch) positions,
     in each step's batch of the recipe's network, of the examples that step trains on."""
+    state = proxy_init(setup, rng, images, hyper)
+    _, kept = jax.lax.scan(lambda s, idx: proxy_step(setup, s, images, labels, idx), state, run_batches(setup, rng))
+    return kept
+
+
+def proxy_init(setup: Setup, rng: jax.Array, images: jax.Array, hyper: optim.Hyper) -> TrainState:
+    """The proxy's initial state: its own weights, and the run's data key `rng`, so that it draws the
+    same batches and augmentation as the recipe's network."""
     proxy = proxy_setup(setup)
-    state = steps.init.__wrapped__(proxy, jax.random.fold_in(rng, PROXY_STREAM), images, hyper).replace(rng=rng)
-    # Every epoch's shuffle as steps.epoch_batches draws it for epochs 1, 2, ... (loop.run counts from 1).
+    return steps.init.__wrapped__(proxy, jax.random.fold_in(rng, PROXY_STREAM), images, hyper).replace(rng=rng)
+
+
+def run_batches(setup: Setup, rng: jax.Array) -> jax.Array:
+    """(run steps, batch size): every step's training images, from each epoch's shuffle as
+    steps.epoch_batches draws it for epochs 1, 2, ... (loop.run counts them from 1)."""
     epochs = jnp.arange(1, math.ceil(setup.run_steps / setup.steps_per_epoch) + 1)
     batches = jax.vmap(lambda epoch: augment.epoch_batches(jax.random.fold_in(rng, epoch), setup.num_train,
                                                            setup.recipe.data.batch_size))(epochs)
-    batches = batches.reshape(-1, setup.recipe.data.batch_size)[:setup.run_steps]
-    _, kept = jax.lax.scan(lambda s, idx: proxy_step(setup, s, images, labels, idx), state, batches)
-    return kept
+    return batches.reshape(-1, setup.recipe.data.batch_size)[:setup.run_steps]
