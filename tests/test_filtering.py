@@ -1,8 +1,8 @@
 """Data filtering by a proxy (airbench96-faster): the selection, the proxy's steps, and a tiny run.
 
 Everything here is compiled with QUICK_COMPILE (the numbers are checked for their shape and
-finiteness, not their values) and shares one module fixture: the tiny preset's proxy stepped by
-hand over its run's batches, then the recipe's network trained on what it kept.
+finiteness, not their values) and shares one module fixture: the tiny preset's proxy run, then the
+recipe's network trained on what it kept.
 """
 
 import functools
@@ -42,7 +42,8 @@ def test_the_proxy_draws_the_batches_the_train_step_reads():
 
 @pytest.fixture(scope="module")
 def tiny_run():
-    """The tiny preset's proxy stepped over its run, then its network trained on what the proxy kept."""
+    """The tiny preset's proxy run (train.proxy_picks, each step's proxy state recorded), then its network
+    trained on what the proxy kept."""
     train_images, train_labels = make_learnable(96, seed=0)
     test_images, test_labels = make_learnable(10, seed=1)
     data = train.put_on_device(in_memory(train_images, train_labels, test_images, test_labels,
@@ -55,15 +56,21 @@ def tiny_run():
         return state, filtering.proxy_init(setup, state.rng, images, hyper)
 
     state, proxy = compiled_quickly(both_inits, key, data.train_padded, hyper)(key, data.train_padded, hyper)
-    batches = filtering.run_batches(setup, state.rng)
-    proxy_step = compiled_quickly(functools.partial(filtering.proxy_step, setup), proxy, data.train_padded,
-                                  data.train_labels, batches[0])
-    proxies, kept = [proxy], []
-    for idx in batches:
-        proxy, picked = proxy_step(proxies[-1], data.train_padded, data.train_labels, idx)
-        proxies.append(proxy)
-        kept.append(picked)
-    state = state.replace(kept=jnp.stack(kept))
+    batches = functools.partial(filtering.run_batches, setup)
+    learn, score = (compiled_quickly(functools.partial(program, setup), proxy, data.train_padded, data.train_labels,
+                                     batches(state.rng)[0]) for program in (filtering.proxy_learn, filtering.proxy_score))
+    proxies = [proxy]
+
+    def recorded(program):
+        def step(proxy, *arrays):
+            proxy, picked = program(proxy, *arrays)
+            proxies.append(proxy)
+            return proxy, picked
+        return step
+
+    programs = train.ProxyPrograms(lambda *arrays: proxies[0], batches, recorded(learn), recorded(score),
+                                   TINY.data.filtering.backward_every)
+    state = state.replace(kept=train.proxy_picks(programs, data, state.rng, hyper, setup.run_steps))
     epoch = steps.epoch_batches(setup, state.rng, jnp.int32(1))
     train_step = compiled_quickly(functools.partial(steps.train_step.__wrapped__, setup), state, data.train_padded,
                                   data.train_labels, epoch)

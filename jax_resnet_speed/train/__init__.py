@@ -88,6 +88,19 @@ class Bound:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProxyPrograms:
+    """With data filtering, the proxy's programs of filtering.py, bound to the run's Setup (proxy_picks runs them)."""
+
+    init: Callable[[jax.Array, jax.Array, optim.Hyper], TrainState]  # (data key, images, hyper) -> proxy state
+    batches: Callable[[jax.Array], jax.Array]  # (data key) -> every step's training images
+    # (proxy state, images, labels, the step's images) -> (proxy state, kept positions): with its
+    # optimiser's step (every `backward_every` steps from step 0), or its forward pass alone.
+    learn: Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]
+    score: Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]
+    backward_every: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Programs:
     """The programs of a run: steps.py's, bound to its Setup (build_programs); after compile_programs,
     compiled ahead of time; vmapped over a group in group.py."""
@@ -102,8 +115,7 @@ class Programs:
     hyper: optim.Hyper  # the recipe's own
     loop: str = "step"  # which of train_step and train_steps train_epoch calls
     run_steps: int | None = None  # the run's length; a fractional run ends with a partial epoch
-    # With data filtering, the proxy's run (filtering.proxy_run): (rng, images, labels, hyper) -> state.kept.
-    proxy_run: Callable[[jax.Array, jax.Array, jax.Array, optim.Hyper], jax.Array] | None = None
+    proxy: ProxyPrograms | None = None  # with data filtering
 
 
 def build_programs(config: RunConfig, data: DeviceData) -> Programs:
@@ -116,7 +128,13 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
                     evaluate=Bound(steps.evaluate, setup), schedule=setup.schedule,
                     steps_per_epoch=setup.steps_per_epoch, hyper=optim.Hyper.of(config.recipe), loop=config.loop,
                     run_steps=setup.run_steps,
-                    proxy_run=Bound(filtering.proxy_run, setup) if config.recipe.data.filtering else None)
+                    proxy=proxy_programs(setup) if config.recipe.data.filtering else None)
+
+
+def proxy_programs(setup: steps.Setup) -> ProxyPrograms:
+    return ProxyPrograms(*(Bound(program, setup) for program in (filtering.proxy_init, filtering.run_batches,
+                                                                  filtering.proxy_learn, filtering.proxy_score)),
+                         backward_every=setup.recipe.data.filtering.backward_every)
 
 
 def compile_init(programs: Programs, key: jax.Array, train_padded: jax.Array, hyper: optim.Hyper) -> Callable:
@@ -141,11 +159,10 @@ def compile_programs(programs: Programs, data: DeviceData, seed: int,
     on_stage("compiling and running the initialisation")
     init = compile_init(programs, key, data.train_padded, hyper)
     state = init(key, data.train_padded, hyper)
-    proxy_run = programs.proxy_run
-    if proxy_run is not None:
-        on_stage("compiling and running the proxy's run (data filtering)")
-        proxy_run = proxy_run.lower(state.rng, data.train_padded, data.train_labels, hyper).compile()
-        state = state.replace(kept=proxy_run(state.rng, data.train_padded, data.train_labels, hyper))
+    proxy = programs.proxy
+    if proxy is not None:
+        on_stage("compiling the proxy's programs (data filtering) and warming them up")
+        proxy = compile_proxy(proxy, data, state.rng, hyper)
     on_stage("compiling the epoch shuffle")
     epoch_batches = programs.epoch_batches.lower(state.rng, jnp.int32(0)).compile()
     batches = epoch_batches(state.rng, jnp.int32(0))
@@ -163,7 +180,7 @@ def compile_programs(programs: Programs, data: DeviceData, seed: int,
     state = train[names[0]](state, data.train_padded, data.train_labels, batches)
     jax.block_until_ready(evaluate(eval_variables(state), data.test_images, data.test_labels))
     compiled = dataclasses.replace(programs, init=init, epoch_batches=epoch_batches, evaluate=evaluate,
-                                   proxy_run=proxy_run, **train)
+                                   proxy=proxy, **train)
     return compiled, time.perf_counter() - start
 
 
@@ -184,9 +201,34 @@ def train_epoch(programs: Programs, data: DeviceData, state: TrainState, epoch: 
 def initial_state(programs: Programs, data: DeviceData, key: jax.Array, hyper: optim.Hyper) -> TrainState:
     """A new run's state (init); with data filtering, after the proxy's run, which picks what each step trains on."""
     state = programs.init(key, data.train_padded, hyper)
-    if programs.proxy_run is None:
+    if programs.proxy is None:
         return state
-    return state.replace(kept=programs.proxy_run(state.rng, data.train_padded, data.train_labels, hyper))
+    return state.replace(kept=proxy_picks(programs.proxy, data, state.rng, hyper, programs.run_steps))
+
+
+def proxy_picks(proxy: ProxyPrograms, data: DeviceData, rng: jax.Array, hyper: optim.Hyper, steps: int) -> jax.Array:
+    """The proxy's run, one dispatch per step: (steps, trained batch) positions in each step's batch of the
+    examples that step trains on ((members, steps, trained batch) for a group). Returns without waiting."""
+    state, batches, kept = proxy.init(rng, data.train_padded, hyper), proxy.batches(rng), []
+    for step in range(steps):
+        interrupt.check()
+        program = proxy.score if step % proxy.backward_every else proxy.learn
+        state, picked = program(state, data.train_padded, data.train_labels, batches[..., step, :])
+        kept.append(picked)
+    return jnp.stack(kept, axis=-2)
+
+
+def compile_proxy(proxy: ProxyPrograms, data: DeviceData, rng: jax.Array, hyper: optim.Hyper) -> ProxyPrograms:
+    """The proxy's programs compiled for these arguments, each run once (throw-away steps)."""
+    init = proxy.init.lower(rng, data.train_padded, hyper).compile()
+    state, batches = init(rng, data.train_padded, hyper), proxy.batches.lower(rng).compile()
+    idx = batches(rng)[..., 0, :]
+    steps_compiled = [program.lower(state, data.train_padded, data.train_labels, idx).compile()
+                      for program in (proxy.learn, proxy.score)]
+    for step in steps_compiled:
+        state, _ = step(state, data.train_padded, data.train_labels, idx)
+    jax.block_until_ready(state)
+    return dataclasses.replace(proxy, init=init, batches=batches, learn=steps_compiled[0], score=steps_compiled[1])
 
 
 class Engine:

@@ -1,10 +1,12 @@
-"""Data filtering by a proxy model's scores (airbench96_faster): the proxy's whole run, one jitted program.
+"""Data filtering by a proxy model's scores (airbench96_faster): the proxy's programs.
 
 The proxy (presets.Filtering.proxy) trains on exactly the batches the recipe's network will see:
 the same shuffles and augmentation, from the same key (the run's `state.rng`). At every step it
 runs forward in train mode and records which examples of the batch have the highest loss; one step
 in `backward_every` it also steps its optimiser on the loss summed over those. The recipe's network
 then trains step t on the examples recorded at step t (steps.train_step reads them from `state.kept`).
+train.proxy_picks runs the proxy's steps one dispatch each, as the default step loop runs the train
+step: inside one loop program XLA:CPU runs convolutions many times slower (docs/speed.md).
 """
 
 from __future__ import annotations
@@ -42,39 +44,42 @@ def proxy_optimizer(setup: Setup, hyper: optim.Hyper) -> optax.GradientTransform
                                 setup.recipe.data.trained_batch, hyper, proxy.steps_per_epoch)
 
 
-def proxy_step(setup: Setup, state: TrainState, images: jax.Array, labels: jax.Array,
-               idx: jax.Array) -> tuple[TrainState, jax.Array]:
-    """One step of the proxy (`state`) on the training images `idx`: the positions of the hardest
-    examples of the batch, and the proxy's state after its forward pass (and every `backward_every`
-    steps, its optimiser step on their summed loss)."""
-    filtering, proxy = setup.recipe.data.filtering, proxy_setup(setup)
-    count = setup.recipe.data.trained_batch
+def proxy_step(setup: Setup, state: TrainState, images: jax.Array, labels: jax.Array, idx: jax.Array,
+               backward: bool) -> tuple[TrainState, jax.Array]:
+    """One step of the proxy (`state`) on the training images `idx`: its state after a forward pass in
+    train mode (and with `backward`, its optimiser's step on the summed loss of the hardest examples),
+    and the positions in the batch of those hardest examples."""
+    proxy, count = proxy_setup(setup), setup.recipe.data.trained_batch
     x, y = steps.augmented_batch(proxy, state, images, labels, idx)
+    if backward:
+        def kept_loss(losses):
+            return jnp.sum(losses[hardest(jax.lax.stop_gradient(losses), count)])
 
-    def kept_loss(losses):
-        return jnp.sum(losses[hardest(jax.lax.stop_gradient(losses), count)])
-
-    def with_backward(state):
         new, losses, _ = steps.gradient_step(proxy, functools.partial(proxy_optimizer, setup), state, x, y, kept_loss)
-        return new, hardest(losses, count)
-
-    def forward_only(state):
+    else:
         losses, (_, batch_stats) = steps.train_losses(proxy, state, state.params, x, y)
-        return state.replace(batch_stats=batch_stats), hardest(losses, count)
+        new = state.replace(batch_stats=batch_stats)
+    return new.replace(step=state.step + 1), hardest(losses, count)
 
-    new, kept = jax.lax.cond(state.step % filtering.backward_every == 0, with_backward, forward_only, state)
-    return new.replace(step=state.step + 1), kept
+
+# The two kinds of proxy step, each its own program: the driver (train.proxy_picks) picks one per step,
+# steps 0, k, 2k, ... (k = backward_every) with the backward pass. (A lax.cond between them in one
+# program would run both branches' convolutions as nested computations, many times slower on XLA:CPU.)
+@functools.partial(jax.jit, static_argnames="setup", donate_argnames="state")
+def proxy_learn(setup: Setup, state: TrainState, images: jax.Array, labels: jax.Array,
+                idx: jax.Array) -> tuple[TrainState, jax.Array]:
+    """proxy_step with the optimiser's step."""
+    return proxy_step(setup, state, images, labels, idx, backward=True)
+
+
+@functools.partial(jax.jit, static_argnames="setup", donate_argnames="state")
+def proxy_score(setup: Setup, state: TrainState, images: jax.Array, labels: jax.Array,
+                idx: jax.Array) -> tuple[TrainState, jax.Array]:
+    """proxy_step with the forward pass alone."""
+    return proxy_step(setup, state, images, labels, idx, backward=False)
 
 
 @functools.partial(jax.jit, static_argnames="setup")
-def proxy_run(setup: Setup, rng: jax.Array, images: jax.Array, labels: jax.Array, hyper: optim.Hyper) -> jax.Array:
-    """The proxy's whole run for a run whose data key is `rng`: (run steps, trained batch) positions,
-    in each step's batch of the recipe's network, of the examples that step trains on."""
-    state = proxy_init(setup, rng, images, hyper)
-    _, kept = jax.lax.scan(lambda s, idx: proxy_step(setup, s, images, labels, idx), state, run_batches(setup, rng))
-    return kept
-
-
 def proxy_init(setup: Setup, rng: jax.Array, images: jax.Array, hyper: optim.Hyper) -> TrainState:
     """The proxy's initial state: its own weights, and the run's data key `rng`, so that it draws the
     same batches and augmentation as the recipe's network."""
@@ -82,6 +87,7 @@ def proxy_init(setup: Setup, rng: jax.Array, images: jax.Array, hyper: optim.Hyp
     return steps.init.__wrapped__(proxy, jax.random.fold_in(rng, PROXY_STREAM), images, hyper).replace(rng=rng)
 
 
+@functools.partial(jax.jit, static_argnames="setup")
 def run_batches(setup: Setup, rng: jax.Array) -> jax.Array:
     """(run steps, batch size): every step's training images, from each epoch's shuffle as
     steps.epoch_batches draws it for epochs 1, 2, ... (loop.run counts them from 1)."""
