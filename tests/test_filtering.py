@@ -6,6 +6,7 @@ recipe's network trained on what it kept.
 """
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -98,3 +99,12 @@ def test_a_tiny_airbench96_faster_run_trains_on_the_kept_half_of_each_batch(tiny
     assert all(len(set(row)) == 8 and row.min() >= 0 and row.max() < 16 for row in kept)
     loss_sum, _, examples = np.asarray(state.totals)
     assert examples == 6 * 8 and np.isfinite(loss_sum) and int(state.step) == 6
+
+
+@pytest.mark.parametrize("module, flags", [("torch_reference", []), ("compare", []), ("bench", ["--framework", "torch"])])
+def test_the_pytorch_paths_refuse_a_filtering_preset_in_one_line(module, flags, capsys):
+    main = importlib.import_module(f"jax_resnet_speed.{module}").main
+    with pytest.raises(SystemExit) as exit:
+        main(["--preset", "airbench96-faster", *flags])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "the PyTorch reference does not implement" in err and "Traceback" not in err
