@@ -132,6 +132,7 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
 
 
 def proxy_programs(setup: steps.Setup) -> ProxyPrograms:
+    """filtering.py's programs with the run's Setup bound."""
     return ProxyPrograms(*(Bound(program, setup) for program in (filtering.proxy_init, filtering.run_batches,
                                                                   filtering.proxy_learn, filtering.proxy_score)),
                          backward_every=setup.recipe.data.filtering.backward_every)
