@@ -69,6 +69,8 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[
     flags.validate_batch_size(parser, presets.get_preset(args.preset), args.batch_size)
     if args.compile and args.framework != "torch":
         parser.error("--compile is torch.compile: use it with --framework torch")
+    if args.framework == "torch":
+        cli.refuse_data_filtering(parser, args.preset, "--framework jax")
     return loops
 
 

@@ -138,24 +138,30 @@ class Checkpoints:
         as `like`'s is (the same sharding and devices).
         """
         index = self.existing(index)
-        self.check_matches(like, index)
-        targets = jax.tree.map(restore_target, like)
+        saved = self.check_matches(like, index)
+        # Restored in the checkpoint's own tree, its leaves matched to `like`'s by name: a field that is
+        # None (no leaves) may be missing from a checkpoint written before the field existed.
+        wanted = {leaf_name(path): restore_target(leaf) for path, leaf in jax.tree.flatten_with_path(like)[0]}
+        targets = jax.tree.map_with_path(lambda path, _: wanted[leaf_name(path)], saved)
         try:
             restored = self.manager.restore(index, args=ocp.args.Composite(**{
                 STATE: ocp.args.StandardRestore(targets), PROGRESS: ocp.args.JsonRestore()}))
         except Exception as error:  # Orbax raises many kinds (ValueError, FileNotFoundError, tensorstore's)
             raise CheckpointError(f"cannot read checkpoint {index} in {self.directory}: {first_line(error)}") from error
-        state = jax.tree.map(
-            lambda leaf, value: jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf)) if is_key(leaf)
-            else value, like, restored[STATE])
+        values = {leaf_name(path): value for path, value in jax.tree.flatten_with_path(restored[STATE])[0]}
+        state = jax.tree.map_with_path(
+            lambda path, leaf: jax.random.wrap_key_data(values[leaf_name(path)], impl=jax.random.key_impl(leaf))
+            if is_key(leaf) else values[leaf_name(path)], like)
         return state, restored[PROGRESS]
 
-    def check_matches(self, like: Any, index: int) -> None:
-        """Raise CheckpointError unless checkpoint `index` holds exactly `like`'s leaves, shapes and dtypes."""
+    def check_matches(self, like: Any, index: int) -> Any:
+        """Raise CheckpointError unless checkpoint `index` holds exactly `like`'s leaves, shapes and dtypes;
+        return its tree of array metadata."""
         try:
-            saved = leaf_specs(self.manager.item_metadata(index)[STATE].tree)
+            tree = self.manager.item_metadata(index)[STATE].tree
         except Exception as error:
             raise CheckpointError(f"cannot read checkpoint {index} in {self.directory}: {first_line(error)}") from error
+        saved = leaf_specs(tree)
         wanted = leaf_specs(jax.tree.map(restore_target, like))
         problems = [f"{name} missing from the checkpoint" for name in wanted if name not in saved]
         problems += [f"{name} in the checkpoint but not in this run" for name in saved if name not in wanted]
@@ -166,6 +172,7 @@ class Checkpoints:
             more = f" (and {len(problems) - MISMATCHES_SHOWN} more)" if len(problems) > MISMATCHES_SHOWN else ""
             raise CheckpointError(f"checkpoint {index} in {self.directory} does not match this run's state "
                                   f"(another recipe, width or precision?): {shown}{more}")
+        return tree
 
     def close(self) -> None:
         """Wait for Orbax's background work (deleting old checkpoints) and release it."""

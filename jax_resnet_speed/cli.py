@@ -74,6 +74,10 @@ def resolve_devices(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     if batch_size % count:
         parser.error(f"--batch-size {batch_size} does not split evenly over {count} devices; "
                      f"use a multiple of {count}")
+    data = dataclasses.replace(presets.get_preset(args.preset).data, batch_size=batch_size)
+    if data.trained_batch % count:
+        parser.error(f"preset {args.preset} trains on {data.trained_batch} of each batch of {batch_size} (data "
+                     f"filtering), which does not split evenly over {count} devices; change --batch-size")
     return count
 
 
@@ -144,6 +148,13 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser, preset: 
     for flag, module, extra in (("tensorboard", "tensorboard", "tensorboard"), ("plot", "matplotlib", "plot")):
         if getattr(args, flag, None) and importlib.util.find_spec(module) is None:
             parser.error(f"--{flag} needs {module}: {install_hint(extra)}")
+
+
+def refuse_data_filtering(parser: argparse.ArgumentParser, preset: str, instead: str) -> None:
+    """Exit 2 on a preset that filters its data by a proxy (presets.Filtering), which the PyTorch reference lacks."""
+    if presets.get_preset(preset).data.filtering:
+        parser.error(f"preset {preset} filters its data by a proxy network (data.filtering), which the PyTorch "
+                     f"reference does not implement; run it with {instead}")
 
 
 def load_data(args: argparse.Namespace):
@@ -339,7 +350,8 @@ def timing_line(recipe) -> str:
     """Which timing rule the recipe's runs are clocked under (report.TIMING_RULES)."""
     from jax_resnet_speed import report
 
-    return f"timing: {recipe.timing.rule} rule ({report.TIMING_RULES[recipe.timing.rule]})"
+    proxy = "; the proxy's run for data filtering timed too" if recipe.data.filtering else ""
+    return f"timing: {recipe.timing.rule} rule ({report.TIMING_RULES[recipe.timing.rule]}{proxy})"
 
 
 def train_from_args(args: argparse.Namespace) -> int:

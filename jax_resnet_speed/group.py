@@ -37,7 +37,12 @@ def vmapped(programs: train.Programs) -> train.Programs:
         epoch_batches=jax.jit(jax.vmap(programs.epoch_batches, in_axes=(0, None))),
         train_step=jax.jit(jax.vmap(programs.train_step, in_axes=(0, None, None, 0)), donate_argnums=0),
         train_steps=jax.jit(jax.vmap(programs.train_steps, in_axes=(0, None, None, 0)), donate_argnums=0),
-        evaluate=jax.jit(jax.vmap(programs.evaluate, in_axes=(0, None, None))))
+        evaluate=jax.jit(jax.vmap(programs.evaluate, in_axes=(0, None, None))),
+        proxy=programs.proxy and dataclasses.replace(
+            programs.proxy, init=jax.jit(jax.vmap(programs.proxy.init, in_axes=(0, None, 0))),
+            batches=jax.jit(jax.vmap(programs.proxy.batches)),
+            **{name: jax.jit(jax.vmap(getattr(programs.proxy, name), in_axes=(0, None, None, 0)), donate_argnums=0)
+               for name in ("learn", "score")}))
 
 
 def compile_group(programs: train.Programs, data: train.DeviceData, seeds: Sequence[int],

@@ -820,6 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     cli.validate(args, parser)
+    cli.refuse_data_filtering(parser, args.preset, "python -m jax_resnet_speed.train")
     try:
         device = torch.device(args.device)
     except RuntimeError:

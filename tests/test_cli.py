@@ -38,7 +38,8 @@ def test_list_presets(capsys):
     assert headers == ["Post 1: baseline", "Post 2: mini-batches", "Post 3: regularisation",
                        "Post 4: architecture", "Post 8: bag of tricks", "Airbench: past Myrtle"]
     listed = [line.split(":")[0].split()[0] for line in lines if line.startswith("  ")]
-    assert listed[-5:] == ["airbench94", "airbench94-muon", "airbench95", "airbench96", "record94"]  # under "Airbench: past Myrtle", last
+    assert listed[-6:] == ["airbench94", "airbench94-muon", "airbench95", "airbench96", "airbench96-faster",
+                           "record94"]  # under "Airbench: past Myrtle", last
     assert len(listed) == len(presets.PRESETS) >= 20
     # Each preset under its post's header.
     assert lines.index("Post 8: bag of tricks") < lines.index(next(l for l in lines if "post8-01-baseline" in l))

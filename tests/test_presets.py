@@ -82,6 +82,35 @@ def test_airbench96_is_airbench95_deepened_as_its_script_and_docs_recipe_say():
         0.96, 34.7, "A100", "airbench")
 
 
+def test_airbench96_faster_is_airbench96_on_the_half_of_each_batch_a_proxy_keeps():
+    assert presets.PREDECESSORS["airbench96-faster"] == "airbench96"
+    recipe = presets.get_preset("airbench96-faster")
+    # docs/recipe.md's airbench96_faster table: 48 steps of 1,024 drawn per epoch, 512 trained; lr 9 and
+    # weight decay 0.012 per 1024 in units of the 512 trained (0.5870 and 0.002667); warm-up over
+    # int(0.1 x 2160) = 216 steps, then linear to 0 at 45 epochs; the whitening bias trains all of them.
+    peak = 9 / (1 + 1 / 0.15) / 2
+    assert peak == pytest.approx(0.5870, abs=1e-4)
+    assert recipe.optimiser.weight_decay == pytest.approx(0.002667, abs=1e-6)
+    knots = [value for knot in recipe.optimiser.lr_knots for value in knot]
+    assert knots == pytest.approx([0, 0.2 * peak, 4.5, peak, 45, 0.0])
+    assert recipe.run_steps(50_000 // recipe.batch_size) == 2160 and recipe.data.trained_batch == 512
+    assert recipe.optimiser.whitening_bias.epochs == 45
+    filtering = recipe.data.filtering
+    assert (filtering.proxy_widths, filtering.proxy_convs, filtering.backward_every) == ((24, 32, 64, 64), 2, 4)
+    proxy = filtering.proxy(recipe)
+    assert (proxy.network.widths, proxy.network.stages.convs, proxy.network.stages.residual_over_last) == (
+        (24, 32, 64, 64), 2, False)
+    assert proxy.optimiser.whitening_bias is proxy.optimiser.lookahead is proxy.data.filtering is None
+    assert proxy.optimiser.lr_knots == recipe.optimiser.lr_knots and proxy.network.batch_norm.momentum == 0.1
+    timing = recipe.timing
+    assert (timing.target, timing.published_seconds, timing.published_device, timing.rule) == (
+        0.96, 27.3, "A100", "airbench")
+
+
+def test_only_airbench96_faster_filters_its_data():
+    assert {name for name, r in presets.PRESETS.items() if r.data.filtering} == {"airbench96-faster"}
+
+
 def test_only_airbench94_muon_and_the_record_draw_their_whitening_bias():
     draws = {name for name, r in presets.PRESETS.items() if r.network.stem.bias_init != "zeros"}
     assert draws == {"airbench94-muon", "record94"}  # both keep nn.Conv2d's default bias draw

@@ -22,7 +22,7 @@ from jax_resnet_speed import augment, compilation, interrupt, loop, optim, paral
 from jax_resnet_speed.data import Dataset
 from jax_resnet_speed.presets import Recipe
 from jax_resnet_speed.settings import EVAL_BATCH, IMAGE_SIZE, RunConfig  # noqa: F401 (IMAGE_SIZE: the package's)
-from jax_resnet_speed.train import steps
+from jax_resnet_speed.train import filtering, steps
 # The package's names for the state and what is evaluated (steps.py defines them beside the programs).
 from jax_resnet_speed.train.steps import PRECISIONS, TrainState, eval_variables, logits_with_tta  # noqa: F401
 
@@ -88,6 +88,19 @@ class Bound:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProxyPrograms:
+    """With data filtering, the proxy's programs of filtering.py, bound to the run's Setup (proxy_picks runs them)."""
+
+    init: Callable[[jax.Array, jax.Array, optim.Hyper], TrainState]  # (data key, images, hyper) -> proxy state
+    batches: Callable[[jax.Array], jax.Array]  # (data key) -> every step's training images
+    # (proxy state, images, labels, the step's images) -> (proxy state, kept positions): with its
+    # optimiser's step (every `backward_every` steps from step 0), or its forward pass alone.
+    learn: Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]
+    score: Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]
+    backward_every: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Programs:
     """The programs of a run: steps.py's, bound to its Setup (build_programs); after compile_programs,
     compiled ahead of time; vmapped over a group in group.py."""
@@ -102,6 +115,7 @@ class Programs:
     hyper: optim.Hyper  # the recipe's own
     loop: str = "step"  # which of train_step and train_steps train_epoch calls
     run_steps: int | None = None  # the run's length; a fractional run ends with a partial epoch
+    proxy: ProxyPrograms | None = None  # with data filtering
 
 
 def build_programs(config: RunConfig, data: DeviceData) -> Programs:
@@ -113,7 +127,15 @@ def build_programs(config: RunConfig, data: DeviceData) -> Programs:
                     train_step=Bound(steps.train_step, setup), train_steps=Bound(steps.train_steps, setup),
                     evaluate=Bound(steps.evaluate, setup), schedule=setup.schedule,
                     steps_per_epoch=setup.steps_per_epoch, hyper=optim.Hyper.of(config.recipe), loop=config.loop,
-                    run_steps=setup.run_steps)
+                    run_steps=setup.run_steps,
+                    proxy=proxy_programs(setup) if config.recipe.data.filtering else None)
+
+
+def proxy_programs(setup: steps.Setup) -> ProxyPrograms:
+    """filtering.py's programs with the run's Setup bound."""
+    return ProxyPrograms(*(Bound(program, setup) for program in (filtering.proxy_init, filtering.run_batches,
+                                                                  filtering.proxy_learn, filtering.proxy_score)),
+                         backward_every=setup.recipe.data.filtering.backward_every)
 
 
 def compile_init(programs: Programs, key: jax.Array, train_padded: jax.Array, hyper: optim.Hyper) -> Callable:
@@ -138,6 +160,10 @@ def compile_programs(programs: Programs, data: DeviceData, seed: int,
     on_stage("compiling and running the initialisation")
     init = compile_init(programs, key, data.train_padded, hyper)
     state = init(key, data.train_padded, hyper)
+    proxy = programs.proxy
+    if proxy is not None:
+        on_stage("compiling the proxy's programs (data filtering) and warming them up")
+        proxy = compile_proxy(proxy, data, state.rng, hyper)
     on_stage("compiling the epoch shuffle")
     epoch_batches = programs.epoch_batches.lower(state.rng, jnp.int32(0)).compile()
     batches = epoch_batches(state.rng, jnp.int32(0))
@@ -154,7 +180,8 @@ def compile_programs(programs: Programs, data: DeviceData, seed: int,
     on_stage("warming up: one throw-away step (or epoch) and evaluation")
     state = train[names[0]](state, data.train_padded, data.train_labels, batches)
     jax.block_until_ready(evaluate(eval_variables(state), data.test_images, data.test_labels))
-    compiled = dataclasses.replace(programs, init=init, epoch_batches=epoch_batches, evaluate=evaluate, **train)
+    compiled = dataclasses.replace(programs, init=init, epoch_batches=epoch_batches, evaluate=evaluate,
+                                   proxy=proxy, **train)
     return compiled, time.perf_counter() - start
 
 
@@ -170,6 +197,39 @@ def train_epoch(programs: Programs, data: DeviceData, state: TrainState, epoch: 
         interrupt.check()  # Ctrl-C stops after the step in flight (a flag read on the host: no sync)
         state = programs.train_step(state, data.train_padded, data.train_labels, batches)
     return state
+
+
+def initial_state(programs: Programs, data: DeviceData, key: jax.Array, hyper: optim.Hyper) -> TrainState:
+    """A new run's state (init); with data filtering, after the proxy's run, which picks what each step trains on."""
+    state = programs.init(key, data.train_padded, hyper)
+    if programs.proxy is None:
+        return state
+    return state.replace(kept=proxy_picks(programs.proxy, data, state.rng, hyper, programs.run_steps))
+
+
+def proxy_picks(proxy: ProxyPrograms, data: DeviceData, rng: jax.Array, hyper: optim.Hyper, steps: int) -> jax.Array:
+    """The proxy's run, one dispatch per step: (steps, trained batch) positions in each step's batch of the
+    examples that step trains on ((members, steps, trained batch) for a group). Returns without waiting."""
+    state, batches, kept = proxy.init(rng, data.train_padded, hyper), proxy.batches(rng), []
+    for step in range(steps):
+        interrupt.check()
+        program = proxy.score if step % proxy.backward_every else proxy.learn
+        state, picked = program(state, data.train_padded, data.train_labels, batches[..., step, :])
+        kept.append(picked)
+    return jnp.stack(kept, axis=-2)
+
+
+def compile_proxy(proxy: ProxyPrograms, data: DeviceData, rng: jax.Array, hyper: optim.Hyper) -> ProxyPrograms:
+    """The proxy's programs compiled for these arguments, each run once (throw-away steps)."""
+    init = proxy.init.lower(rng, data.train_padded, hyper).compile()
+    state, batches = init(rng, data.train_padded, hyper), proxy.batches.lower(rng).compile()
+    idx = batches(rng)[..., 0, :]
+    steps_compiled = [program.lower(state, data.train_padded, data.train_labels, idx).compile()
+                      for program in (proxy.learn, proxy.score)]
+    for step in steps_compiled:
+        state, _ = step(state, data.train_padded, data.train_labels, idx)
+    jax.block_until_ready(state)
+    return dataclasses.replace(proxy, init=init, batches=batches, learn=steps_compiled[0], score=steps_compiled[1])
 
 
 class Engine:
@@ -188,7 +248,7 @@ class Engine:
 
     def init(self) -> None:
         key, hyper = self.init_arguments()
-        self.state = jax.block_until_ready(self.programs.init(key, self.data.train_padded, hyper))
+        self.state = jax.block_until_ready(initial_state(self.programs, self.data, key, hyper))
 
     def train_epoch(self, epoch: int, steps: int) -> None:
         self.state = train_epoch(self.programs, self.data, self.state, epoch, steps)
@@ -231,6 +291,6 @@ def run(programs: Programs, data: DeviceData, config: RunConfig, seed: int,
 
 def profile_epoch(programs: Programs, data: DeviceData, seed: int, trace_dir: str) -> None:
     """Trace one full epoch of a throw-away run with jax.profiler (after compilation)."""
-    state = jax.block_until_ready(programs.init(jax.random.key(seed), data.train_padded, programs.hyper))
+    state = jax.block_until_ready(initial_state(programs, data, jax.random.key(seed), programs.hyper))
     with jax.profiler.trace(trace_dir):
         jax.block_until_ready(train_epoch(programs, data, state, epoch=1))

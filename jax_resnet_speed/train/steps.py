@@ -40,6 +40,9 @@ class TrainState(flax.struct.PyTreeNode):
     totals: jax.Array  # running [loss sum, correct, examples] over the whole run
     rng: jax.Array
     slow: Any = None  # lookahead's slow copy {"params", "batch_stats"}, or None without lookahead
+    # Data filtering: (run steps, trained batch) positions in each step's batch that the step trains on,
+    # picked by the proxy's run (filtering.py); None without filtering.
+    kept: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +75,7 @@ class Setup:
         return optim.lr_schedule(self.recipe, self.steps_per_epoch)
 
     def optimizer(self, hyper: optim.Hyper) -> optax.GradientTransformation:
-        return optim.make_optimizer(self.recipe, self.schedule, self.recipe.data.batch_size, hyper,
+        return optim.make_optimizer(self.recipe, self.schedule, self.recipe.data.trained_batch, hyper,
                                     self.steps_per_epoch)
 
 
@@ -88,12 +91,18 @@ def init(setup: Setup, key: jax.Array, train_padded: jax.Array, hyper: optim.Hyp
     if spec.stem.kind in ("whitening", "whitening-bias"):
         constants = {"whitening": model_lib.whitening_filters(spec, train_images[:spec.stem.whitening_images])}
     weights = {"params": params, "batch_stats": batch_stats}
+    # Until the proxy's run replaces them (train.initial_state), each step keeps the first examples of its
+    # batch: a random part of it, as the batch is shuffled.
+    kept = None
+    if setup.recipe.data.filtering:
+        trained = setup.recipe.data.trained_batch
+        kept = jnp.broadcast_to(jnp.arange(trained), (setup.run_steps, trained))
     return parallel.replicate(setup.mesh, TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, constants=constants,
         opt_state=setup.optimizer(hyper).init(params), hyper=hyper,
         ema=weights if opt.ema else None,
         loss_scale=optim.LossScale.create() if setup.precision == "fp16" else None,
-        totals=jnp.zeros(3, jnp.float32), rng=rng, slow=weights if opt.lookahead else None))
+        totals=jnp.zeros(3, jnp.float32), rng=rng, slow=weights if opt.lookahead else None, kept=kept))
 
 
 @functools.partial(jax.jit, static_argnames="setup")
@@ -106,40 +115,14 @@ def epoch_batches(setup: Setup, rng: jax.Array, epoch: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnames="setup", donate_argnames="state")
 def train_step(setup: Setup, state: TrainState, images: jax.Array, labels: jax.Array,
                batches: jax.Array) -> TrainState:
-    """One optimiser step on the batch `batches[state.step % steps_per_epoch]`, augmented on the device."""
-    net, opt, aug, steps_per_epoch = setup.net, setup.recipe.optimiser, setup.recipe.data, setup.steps_per_epoch
-    idx = batches[state.step % steps_per_epoch]
-    x = augment.augment(jax.random.fold_in(state.rng, state.step), images[idx], IMAGE_SIZE,
-                        aug.flip and not aug.alternating_flip, aug.cutout)
-    if aug.alternating_flip:
-        # One draw per image for the whole run (its own stream of the run's key), mirrored
-        # as a whole on odd epochs.
-        x = augment.alternating_flip(jax.random.fold_in(state.rng, augment.FLIP_STREAM), x, idx,
-                                     state.step // steps_per_epoch)
-    if aug.brightness_jitter or aug.contrast_jitter:
-        key = jax.random.fold_in(jax.random.fold_in(state.rng, augment.JITTER_STREAM), state.step)
-        x = augment.colour_jitter(key, x, aug.brightness_jitter, aug.contrast_jitter)
-    y = labels[idx]
+    """One optimiser step on the batch `batches[state.step % steps_per_epoch]`, augmented on the device
+    (with data filtering, on the part of it the proxy kept at this step)."""
+    opt = setup.recipe.optimiser
+    x, y = augmented_batch(setup, state, images, labels, batches[state.step % setup.steps_per_epoch])
+    if setup.recipe.data.filtering:
+        x, y = x[state.kept[state.step]], y[state.kept[state.step]]
     x, y = parallel.shard_batch(setup.mesh, x, y)
-    scale = state.loss_scale.scale if state.loss_scale is not None else 1.0
-
-    def loss_fn(params):
-        variables = {"params": params, "batch_stats": state.batch_stats, "constants": state.constants}
-        logits, updates = net.apply(variables, x, train=True, mutable=["batch_stats"])
-        losses = optim.smoothed_cross_entropy(logits, y, opt.label_smoothing)
-        return losses.sum() * scale, (losses, logits, updates.get("batch_stats", {}))
-
-    grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.tree.map(lambda g: g / scale, grads)
-    optimizer = setup.optimizer(state.hyper)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new = state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
-                        batch_stats=batch_stats)
-    if state.loss_scale is not None:
-        # fp16: an overflowing step is skipped and the loss scale halved.
-        finite = optim.all_finite(grads)
-        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-        new = new.replace(loss_scale=state.loss_scale.adjust(finite))
+    new, losses, logits = gradient_step(setup, setup.optimizer, state, x, y)
     if opt.ema:
         live = {"params": new.params, "batch_stats": new.batch_stats}
         ema_momentum = opt.ema.momentum_per_step(setup.run_steps)
@@ -151,6 +134,58 @@ def train_step(setup: Setup, state: TrainState, images: jax.Array, labels: jax.A
     correct = jnp.sum(jnp.argmax(logits, -1) == y)
     totals = state.totals + jnp.stack([losses.sum(), correct, y.size]).astype(jnp.float32)
     return parallel.replicate(setup.mesh, new.replace(step=state.step + 1, totals=totals))
+
+
+def augmented_batch(setup: Setup, state: TrainState, images: jax.Array, labels: jax.Array,
+                    idx: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The training images `idx` augmented for step `state.step` (its streams of `state.rng`), and their labels."""
+    aug, steps_per_epoch = setup.recipe.data, setup.steps_per_epoch
+    x = augment.augment(jax.random.fold_in(state.rng, state.step), images[idx], IMAGE_SIZE,
+                        aug.flip and not aug.alternating_flip, aug.cutout)
+    if aug.alternating_flip:
+        # One draw per image for the whole run (its own stream of the run's key), mirrored
+        # as a whole on odd epochs.
+        x = augment.alternating_flip(jax.random.fold_in(state.rng, augment.FLIP_STREAM), x, idx,
+                                     state.step // steps_per_epoch)
+    if aug.brightness_jitter or aug.contrast_jitter:
+        key = jax.random.fold_in(jax.random.fold_in(state.rng, augment.JITTER_STREAM), state.step)
+        x = augment.colour_jitter(key, x, aug.brightness_jitter, aug.contrast_jitter)
+    return x, labels[idx]
+
+
+def train_losses(setup: Setup, state: TrainState, params: Any, x: jax.Array,
+                 y: jax.Array) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+    """Per-example losses of a forward pass in train mode, and (logits, the BN statistics it moved)."""
+    variables = {"params": params, "batch_stats": state.batch_stats, "constants": state.constants}
+    logits, updates = setup.net.apply(variables, x, train=True, mutable=["batch_stats"])
+    losses = optim.smoothed_cross_entropy(logits, y, setup.recipe.optimiser.label_smoothing)
+    return losses, (logits, updates.get("batch_stats", {}))
+
+
+def gradient_step(setup: Setup, optimizer: Callable[[optim.Hyper], optax.GradientTransformation],
+                  state: TrainState, x: jax.Array, y: jax.Array,
+                  reduce: Callable[[jax.Array], jax.Array] = jnp.sum) -> tuple[TrainState, jax.Array, jax.Array]:
+    """A step of `optimizer(state.hyper)` on the loss `reduce(per-example losses)` (their sum), and the new
+    BN statistics.
+
+    Returns the new state (its step not advanced), the per-example losses and the logits. In fp16
+    an overflowing step is skipped and the loss scale halved."""
+    scale = state.loss_scale.scale if state.loss_scale is not None else 1.0
+
+    def loss_fn(params):
+        losses, (logits, batch_stats) = train_losses(setup, state, params, x, y)
+        return reduce(losses) * scale, (losses, logits, batch_stats)
+
+    grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.tree.map(lambda g: g / scale, grads)
+    updates, opt_state = optimizer(state.hyper).update(grads, state.opt_state, state.params)
+    new = state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
+                        batch_stats=batch_stats)
+    if state.loss_scale is not None:
+        finite = optim.all_finite(grads)
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        new = new.replace(loss_scale=state.loss_scale.adjust(finite))
+    return new, losses, logits
 
 
 @functools.partial(jax.jit, static_argnames="setup", donate_argnames="state")
