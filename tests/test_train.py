@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import OPTIMISED, QUICK_COMPILE
+
 from jax_resnet_speed import compilation, model, optim, presets, report, settings, train
 from jax_resnet_speed.data import in_memory
 
@@ -16,11 +18,12 @@ def tiny(preset, epochs=3, precision="fp32", loop="step", **changes):
     return train.RunConfig(recipe, precision=precision, width_mult=0.125, loop=loop)
 
 
-def compiled(config, learnable_data):
+def compiled(config, learnable_data, options=None):
+    """The config's programs compiled, as the suite compiles (conftest.QUICK_COMPILE) or with `options`."""
     train_images, train_labels, test_images, test_labels = learnable_data
     data = train.put_on_device(in_memory(train_images, train_labels, test_images, test_labels, MEAN, STD),
                                config.recipe, train.PRECISIONS[config.precision])
-    programs, seconds = train.compile_programs(train.build_programs(config, data), data, seed=0)
+    programs, seconds = train.compile_programs(train.build_programs(config, data), data, seed=0, options=options)
     assert seconds > 0
     return programs, data
 
@@ -63,7 +66,7 @@ FINAL = tiny("myrtle-final", epochs=8, **{"data.batch_size": 64})
 # between other files' tests, and a module-scoped fixture would be built again each time.
 @pytest.fixture(scope="session")
 def final(learnable_data):
-    return compiled(FINAL, learnable_data)
+    return compiled(FINAL, learnable_data, OPTIMISED)  # 128 steps: compiled as XLA ships, they run 3x faster
 
 
 def test_tiny_run_learns_far_above_chance(final):
@@ -85,13 +88,36 @@ def test_the_init_compiled_as_run_once_gives_the_values_of_the_optimised_one(fin
     fuses some multiply-adds of the initialisers' scaling: measured, 1 ulp in a few elements)."""
     programs, data = final
     key = jax.random.key(0)
-    quick = programs.init(key, data.train_padded, programs.hyper)
-    optimised = train.build_programs(FINAL, data).init(key, data.train_padded, programs.hyper)
-    assert compilation.run_once_options(jax.default_backend()) or jax.default_backend() != "cpu"
+    lowered = train.build_programs(FINAL, data).init.lower(key, data.train_padded, programs.hyper)
+    run_once = compilation.run_once_options(jax.default_backend())
+    assert run_once or jax.default_backend() != "cpu"
+    quick = lowered.compile({**OPTIMISED, **run_once})(key, data.train_padded, programs.hyper)
+    optimised = lowered.compile(OPTIMISED)(key, data.train_padded, programs.hyper)
     for got, want in zip(jax.tree.leaves(quick), jax.tree.leaves(optimised), strict=True):
         if jax.dtypes.issubdtype(got.dtype, jax.dtypes.prng_key):
             got, want = jax.random.key_data(got), jax.random.key_data(want)
         np.testing.assert_allclose(got, want, rtol=3e-7, atol=1e-9)
+
+
+def test_the_suites_quick_compile_steps_as_xla_ships(final):
+    """Most tests compile with conftest.QUICK_COMPILE: three train steps so compiled give the weights of
+    the train step compiled as users compile it, each update to 1e-3 of its largest element."""
+    programs, data = final
+    key = jax.random.key(0)
+    state = programs.init(key, data.train_padded, programs.hyper)
+    initial = jax.device_get(state.params)
+    batches = programs.epoch_batches(state.rng, jnp.int32(1))
+    lowered = train.build_programs(FINAL, data).train_step.lower(state, data.train_padded, data.train_labels, batches)
+    params = []
+    for options in (QUICK_COMPILE, OPTIMISED):
+        step, stepped = lowered.compile(options), programs.init(key, data.train_padded, programs.hyper)
+        for _ in range(3):
+            stepped = step(stepped, data.train_padded, data.train_labels, batches)
+        params.append(jax.device_get(stepped.params))
+    for start, quick, optimised in zip(*map(jax.tree.leaves, (initial, *params)), strict=True):
+        update = optimised - start
+        assert np.abs(update).max() > 0
+        np.testing.assert_allclose(quick - start, update, atol=1e-3 * float(np.abs(update).max()))
 
 
 def steps_then_evaluation(programs, data, seed: int, steps: int = 3) -> list[np.ndarray]:
@@ -130,7 +156,8 @@ SMALL = tiny("myrtle-final", epochs=2, **{"data.batch_size": 64})
 @pytest.fixture(scope="session")
 def small_by_loop(learnable_data):
     data = first_images(learnable_data, 192)
-    return {loop: compiled(dataclasses.replace(SMALL, loop=loop), data) for loop in compilation.LOOPS}
+    # Compiled as XLA ships: XLA:CPU runs the epoch loop's program many times slower without its optimisations.
+    return {loop: compiled(dataclasses.replace(SMALL, loop=loop), data, OPTIMISED) for loop in compilation.LOOPS}
 
 
 def test_step_and_epoch_loops_give_the_same_metrics(small_by_loop):

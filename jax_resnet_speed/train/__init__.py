@@ -146,13 +146,15 @@ def compile_init(programs: Programs, key: jax.Array, train_padded: jax.Array, hy
 
 def compile_programs(programs: Programs, data: DeviceData, seed: int,
                      key: jax.Array | None = None, hyper: optim.Hyper | None = None,
-                     on_stage: Callable[[str], None] = lambda stage: None) -> tuple[Programs, float]:
+                     on_stage: Callable[[str], None] = lambda stage: None,
+                     options: dict[str, Any] | None = None) -> tuple[Programs, float]:
     """Compile (and autotune) every program the loop needs ahead of time, then warm each up once.
 
     Returns the compiled programs and the seconds spent, which stay off the training clock.
     `key` and `hyper` (default: the key of `seed`, the recipe's hyperparameters) are the init's
     arguments; a group of runs (group.py) passes them stacked. `on_stage` hears what starts next
-    (for progress on a terminal).
+    (for progress on a terminal). `options` are XLA compile options for the train step or epoch and
+    the evaluation, over those XLA_FLAGS sets (the tests compile quickly but their long runs as XLA ships).
     """
     start = time.perf_counter()
     key = jax.random.key(seed) if key is None else key
@@ -173,9 +175,9 @@ def compile_programs(programs: Programs, data: DeviceData, seed: int,
     train = {}
     for name in names:
         on_stage(f"compiling {name} (on a GPU XLA also autotunes its convolutions)")
-        train[name] = getattr(programs, name).lower(state, data.train_padded, data.train_labels, batches).compile()
+        train[name] = getattr(programs, name).lower(state, data.train_padded, data.train_labels, batches).compile(options)
     on_stage("compiling the evaluation (plain and flip TTA)")
-    evaluate = programs.evaluate.lower(eval_variables(state), data.test_images, data.test_labels).compile()
+    evaluate = programs.evaluate.lower(eval_variables(state), data.test_images, data.test_labels).compile(options)
     # A throw-away step (or epoch) and evaluation: first executions allocate and load kernels.
     on_stage("warming up: one throw-away step (or epoch) and evaluation")
     state = train[names[0]](state, data.train_padded, data.train_labels, batches)
