@@ -253,7 +253,7 @@ def airbench_run(request, learnable_data):
                                "optimiser.lr_knots": tuple((epoch, lr / 4) for epoch, lr in o.lr_knots)})
     config = train.RunConfig(recipe, precision="fp32", width_mult=0.125)
     train_images, train_labels, test_images, test_labels = learnable_data
-    programs, data = compiled(config, (train_images, train_labels, test_images[:200], test_labels[:200]))
+    programs, data = compiled(config, (train_images, train_labels, test_images[:200], test_labels[:200]), OPTIMISED)
     epochs = []
     return train.run(programs, data, config, seed=0, on_epoch=epochs.append, record={}), epochs
 
