@@ -101,8 +101,8 @@ def dumps(tmp_path_factory) -> dict[str, Path]:
     script.write_text(DUMP_SCRIPT)
     procs = {}
     for dtype in ("bf16", "f32"):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_dump_to={root / dtype} "
-                   "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=train_step")
+        flags = f"--xla_dump_to={root / dtype} --xla_dump_hlo_as_text --xla_dump_hlo_module_re=train_step"
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}")
         procs[dtype] = subprocess.Popen([sys.executable, str(script), dtype], env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for dtype, proc in procs.items():
