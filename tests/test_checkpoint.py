@@ -313,8 +313,8 @@ def test_restored_leaves_are_placed_like_the_leaves_of_like(tmp_path):
 
 # The trainer's --checkpoint-dir and --resume (cli.py): two runs of four epochs, stopped in the
 # second run's third epoch and resumed.
-RESUMABLE = ["--width-mult", "0.125", "--batch-size", "128", "--precision", "fp32", "--preset", "myrtle-final",
-             "--train-subset", "256", "--test-subset", "100", "--epochs", "4", "--runs", "2"]
+RESUMABLE = ["--width-mult", "0.125", "--batch-size", "64", "--precision", "fp32", "--preset", "myrtle-final",
+             "--train-subset", "128", "--test-subset", "100", "--epochs", "4", "--runs", "2"]
 EPOCH_FIELDS = ("lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "tta_accuracy")
 
 
