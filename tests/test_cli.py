@@ -8,10 +8,10 @@ import pytest
 from conftest import sigint_when
 from jax_resnet_speed import cli, presets, train
 
-TINY = ["--width-mult", "0.125", "--batch-size", "128", "--precision", "fp32"]
+TINY = ["--width-mult", "0.125", "--batch-size", "64", "--precision", "fp32"]
 # The small run most tests here make: after the first, its programs come from the run's shared
 # compilation cache (tests/conftest.py).
-ONE_EPOCH = ["--preset", "myrtle-resnet9", "--epochs", "1", "--train-subset", "256", "--test-subset", "100", *TINY]
+ONE_EPOCH = ["--preset", "myrtle-resnet9", "--epochs", "1", "--train-subset", "128", "--test-subset", "100", *TINY]
 
 
 def run_cli(*args):
@@ -85,8 +85,8 @@ def test_end_to_end_writes_the_table_and_json(tiny_npz, tmp_path):
     assert payload["compilation"]["cache"] in ("cold", "warm") and payload["config"]["loop"] == "step"
     config, recipe = payload["config"], payload["config"]["recipe"]
     assert recipe["name"] == "myrtle-resnet9" and recipe["optimiser"]["epochs"] == 1
-    assert recipe["data"]["batch_size"] == 128 and recipe["network"]["widths"] == [64, 128, 256, 512]
-    assert config["train_images"] == 256 and config["test_images"] == 100 and config["width_mult"] == 0.125
+    assert recipe["data"]["batch_size"] == 64 and recipe["network"]["widths"] == [64, 128, 256, 512]
+    assert config["train_images"] == 128 and config["test_images"] == 100 and config["width_mult"] == 0.125
     assert recipe["optimiser"]["lr_knots"][1][0] == pytest.approx(5 / 24)  # stretched to 1 epoch
     assert {"jax", "jaxlib", "flax", "optax", "device_kind"} <= set(payload["environment"])
     assert payload["compile_seconds"] > 0
@@ -184,7 +184,7 @@ def test_parallel_runs_under_airbench_rule_record_and_clock_it(tiny_npz, tmp_pat
     the clock, and every record names the rule."""
     out = tmp_path / "grouped.json"
     assert cli.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--epochs", "1", "--runs", "2",
-                     "--parallel", "2", "--preset", "airbench94", "--train-subset", "256", "--test-subset", "100",
+                     "--parallel", "2", "--preset", "airbench94", "--train-subset", "128", "--test-subset", "100",
                      "--json", str(out), *TINY]) == 0
     assert "timing: airbench rule" in capsys.readouterr().out
     runs = json.loads(out.read_text())["runs"]
@@ -274,7 +274,7 @@ def test_bad_values_and_output_paths_exit_2_before_any_work(tmp_path, capsys, mo
 def test_too_few_images_for_a_batch_and_subsets_beyond_the_data(tiny_npz, tmp_path, capsys):
     assert cli.main(["--data", tiny_npz, "--cache-dir", str(tmp_path), "--train-subset", "10", *TINY]) == 2
     err = capsys.readouterr().err
-    assert "error: 10 training images are fewer than one batch of 128" in err and "Traceback" not in err
+    assert "error: 10 training images are fewer than one batch of 64" in err and "Traceback" not in err
     args = cli.build_parser().parse_args(["--data", tiny_npz, "--train-subset", "60000", "--test-subset", "100"])
     dataset = cli.load_data(args)
     assert len(dataset.train_images) == 512 and len(dataset.test_images) == 100
