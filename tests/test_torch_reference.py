@@ -325,7 +325,8 @@ def test_the_records_muon_is_the_stacked_form_with_its_settings():
     group = optimizer.param_groups[0]
     assert (group["momentum"], group["weight_decay"]) == (0.655, 1.6002e-3)
     assert len(group["params"]) == 6 and all(p.ndim == 4 for p in group["params"])
-    assert isinstance(tr.make_muon(net, presets.get_preset("airbench94-muon")), tr.Muon)
+    assert isinstance(tr.make_muon(net, presets.get_preset("airbench94-muon")), tp.StackedMuon)
+    assert isinstance(tr.make_muon(net, recipe.replace(**{"optimiser.muon.stacked": False})), tr.Muon)
 
 
 def keys_of(payload: dict) -> dict:
