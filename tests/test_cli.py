@@ -19,14 +19,23 @@ def run_cli(*args):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_help_explains_every_option():
-    result = run_cli("--help")
-    assert result.returncode == 0
+def exit_of_main(args, capsys):
+    """cli.main(args) in this process, for what argparse decides before anything runs: its exit code, stdout
+    and stderr (test_missing_data_is_one_line_and_exit_1 runs the real command line)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(list(args))
+    printed = capsys.readouterr()
+    return exit_info.value.code, printed.out, printed.err
+
+
+def test_help_explains_every_option(capsys):
+    code, out, _ = exit_of_main(["--help"], capsys)
+    assert code == 0
     for flag in ("--preset", "--list-presets", "--data", "--epochs", "--batch-size", "--precision", "--seed",
                  "--runs", "--target", "--json", "--train-subset", "--test-subset", "--width-mult",
                  "--xla-dump", "--profile", "--loop", "--compile-cache", "--no-compile-cache", "--xla-preset",
                  "--tensorboard", "--plot"):
-        assert flag in result.stdout
+        assert flag in out
 
 
 def test_list_presets(capsys):
@@ -54,10 +63,10 @@ def test_list_presets(capsys):
     (["--target", "94"], "--target is a fraction"),
     (["--plot"], "--plot without a path draws beside --json"),
 ])
-def test_bad_flags_exit_2_with_a_usage_message(args, message):
-    result = run_cli(*args)
-    assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
+def test_bad_flags_exit_2_with_a_usage_message(args, message, capsys):
+    code, _, err = exit_of_main(args, capsys)
+    assert code == 2
+    assert message in err and err.startswith("usage:") and "Traceback" not in err
 
 
 def test_missing_data_is_one_line_and_exit_1(tmp_path):
