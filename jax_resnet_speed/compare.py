@@ -359,10 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.validate(args, parser)
     if any(name.startswith("torch") for name in args.frameworks):
         cli.refuse_data_filtering(parser, args.preset, "--frameworks jax")
-    if any(name.startswith("torch") for name in args.frameworks) and importlib.util.find_spec("torch") is None:
-        print(f"error: PyTorch is not installed; {install_hint('torch')} "
-              "(or --frameworks jax)", file=sys.stderr)
-        return flags.EXIT_DATA_ERROR
+        if importlib.util.find_spec("torch") is None:
+            print(f"error: PyTorch is not installed; {install_hint('torch')} "
+                  "(or --frameworks jax)", file=sys.stderr)
+            return flags.EXIT_DATA_ERROR
     return compare(args)
 
 

@@ -99,7 +99,8 @@ def run_flops(recipe: presets.Recipe, width_mult: float, step_flops: float,
     passes = evaluation_forward_passes(recipe.evaluation)
     pflops = (step_flops * run_steps + forward_flops_per_image * passes) / 1e15
     published = recipe.timing.published_pflops
-    return {"run_steps": run_steps, "train_images": run_steps * recipe.batch_size,
+    # The images the steps train on: with data filtering, the kept part of each batch drawn.
+    return {"run_steps": run_steps, "train_images": run_steps * recipe.data.trained_batch,
             "evaluation_forward_passes": passes, "forward_flops_per_image": forward_flops_per_image,
             "pflops": pflops, "width_mult": width_mult, "published_pflops": published,
             "ratio_to_published": pflops / published if published and width_mult == 1 else None}

@@ -1,7 +1,7 @@
 """Data filtering by a proxy (airbench96-faster): the selection, the proxy's steps, and a tiny run.
 
-Everything here is compiled with QUICK_COMPILE (the numbers are checked for their shape and
-finiteness, not their values) and shares one module fixture: the tiny preset's proxy run, then the
+Everything here is compiled as the whole suite is (conftest.QUICK_COMPILE: the numbers are checked for
+their shape and finiteness, not their values) and shares one module fixture: the tiny preset's proxy run, then the
 recipe's network trained on what it kept.
 """
 
@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import QUICK_COMPILE, make_learnable
+from conftest import make_learnable
 
 from jax_resnet_speed import presets, train
 from jax_resnet_speed.data import in_memory
@@ -26,8 +26,8 @@ TINY = presets.get_preset("airbench96-faster").with_epochs(1).replace(**{
     "data.filtering.proxy_convs": 1})
 
 
-def compiled_quickly(fn, *args):
-    return jax.jit(fn).lower(*args).compile(QUICK_COMPILE)
+def compiled(fn, *args):
+    return jax.jit(fn).lower(*args).compile()
 
 
 def test_hardest_are_the_positions_of_the_highest_losses():
@@ -60,10 +60,10 @@ def tiny_run():
         state = steps.init(setup, key, images, hyper)
         return state, filtering.proxy_init(setup, state.rng, images, hyper)
 
-    state, proxy = compiled_quickly(both_inits, key, data.train_padded, hyper)(key, data.train_padded, hyper)
+    state, proxy = compiled(both_inits, key, data.train_padded, hyper)(key, data.train_padded, hyper)
     batches = functools.partial(filtering.run_batches, setup)
-    learn, score = (compiled_quickly(functools.partial(program, setup), proxy, data.train_padded, data.train_labels,
-                                     batches(state.rng)[0]) for program in (filtering.proxy_learn, filtering.proxy_score))
+    learn, score = (compiled(functools.partial(program, setup), proxy, data.train_padded, data.train_labels,
+                                     batches(state.rng)) for program in (filtering.proxy_learn, filtering.proxy_score))
     proxies = [proxy]
 
     def recorded(program):
@@ -77,7 +77,7 @@ def tiny_run():
                                    TINY.data.filtering.backward_every)
     state = state.replace(kept=train.proxy_picks(programs, data, state.rng, hyper, setup.run_steps))
     epoch = steps.epoch_batches(setup, state.rng, jnp.int32(1))
-    train_step = compiled_quickly(functools.partial(steps.train_step.__wrapped__, setup), state, data.train_padded,
+    train_step = compiled(functools.partial(steps.train_step.__wrapped__, setup), state, data.train_padded,
                                   data.train_labels, epoch)
     for _ in range(setup.run_steps):
         state = train_step(state, data.train_padded, data.train_labels, epoch)

@@ -13,7 +13,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PRESETS = ("myrtle-final", "airbench94", "airbench94-muon")
 # Three tiny runs and their preflight: at most about a minute on a 2-core CPU with the suite's quick
-# compile (conftest.QUICK_COMPILE, in the XLA_FLAGS it inherits); --runs 1 overrides the part's --runs 5 (flags given last win).
+# compile (conftest.QUICK_COMPILE, in the XLA_FLAGS it inherits); --runs 1 overrides the part's --runs 5
+# (flags given last win).
 # TIME_SCALE stretches the part's time limits, made for a GPU, for a CPU shared with other jobs.
 TRAIN_EXTRA = "--width-mult 0.0625 --batch-size 64 --train-subset 128 --test-subset 64 --epochs 2 --runs 1"
 

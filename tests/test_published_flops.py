@@ -141,6 +141,6 @@ def test_bench_counts_airbench96_faster_as_its_big_nets_steps_without_the_proxy(
     recipe = presets.get_preset("airbench96-faster")
     assert recipe.data.trained_batch == 512 and recipe.batch_size == 1024
     run = flops.run_flops(recipe, 1.0, 3 * AIRBENCH96 * recipe.data.trained_batch, AIRBENCH96)
-    assert run["run_steps"] == 2160 and run["published_pflops"] == 3.1
+    assert run["run_steps"] == 2160 and run["train_images"] == 2160 * 512 and run["published_pflops"] == 3.1
     assert run["pflops"] == pytest.approx(run_pflops(AIRBENCH96, 2160, 512), rel=1e-12)
     assert run["ratio_to_published"] == pytest.approx(0.985, abs=1e-3)

@@ -93,8 +93,9 @@ class ProxyPrograms:
 
     init: Callable[[jax.Array, jax.Array, optim.Hyper], TrainState]  # (data key, images, hyper) -> proxy state
     batches: Callable[[jax.Array], jax.Array]  # (data key) -> every step's training images
-    # (proxy state, images, labels, the step's images) -> (proxy state, kept positions): with its
-    # optimiser's step (every `backward_every` steps from step 0), or its forward pass alone.
+    # (proxy state, images, labels, every step's images) -> (proxy state, kept positions), the proxy's
+    # step reading its row: with its optimiser's step (every `backward_every` steps from step 0), or
+    # its forward pass alone.
     learn: Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]
     score: Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]
     backward_every: int
@@ -175,7 +176,8 @@ def compile_programs(programs: Programs, data: DeviceData, seed: int,
     train = {}
     for name in names:
         on_stage(f"compiling {name} (on a GPU XLA also autotunes its convolutions)")
-        train[name] = getattr(programs, name).lower(state, data.train_padded, data.train_labels, batches).compile(options)
+        lowered = getattr(programs, name).lower(state, data.train_padded, data.train_labels, batches)
+        train[name] = lowered.compile(options)
     on_stage("compiling the evaluation (plain and flip TTA)")
     evaluate = programs.evaluate.lower(eval_variables(state), data.test_images, data.test_labels).compile(options)
     # A throw-away step (or epoch) and evaluation: first executions allocate and load kernels.
@@ -216,7 +218,7 @@ def proxy_picks(proxy: ProxyPrograms, data: DeviceData, rng: jax.Array, hyper: o
     for step in range(steps):
         interrupt.check()
         program = proxy.score if step % proxy.backward_every else proxy.learn
-        state, picked = program(state, data.train_padded, data.train_labels, batches[..., step, :])
+        state, picked = program(state, data.train_padded, data.train_labels, batches)
         kept.append(picked)
     return jnp.stack(kept, axis=-2)
 
@@ -225,11 +227,11 @@ def compile_proxy(proxy: ProxyPrograms, data: DeviceData, rng: jax.Array, hyper:
     """The proxy's programs compiled for these arguments, each run once (throw-away steps)."""
     init = proxy.init.lower(rng, data.train_padded, hyper).compile()
     state, batches = init(rng, data.train_padded, hyper), proxy.batches.lower(rng).compile()
-    idx = batches(rng)[..., 0, :]
-    steps_compiled = [program.lower(state, data.train_padded, data.train_labels, idx).compile()
+    every_step = batches(rng)
+    steps_compiled = [program.lower(state, data.train_padded, data.train_labels, every_step).compile()
                       for program in (proxy.learn, proxy.score)]
     for step in steps_compiled:
-        state, _ = step(state, data.train_padded, data.train_labels, idx)
+        state, _ = step(state, data.train_padded, data.train_labels, every_step)
     jax.block_until_ready(state)
     return dataclasses.replace(proxy, init=init, batches=batches, learn=steps_compiled[0], score=steps_compiled[1])
 

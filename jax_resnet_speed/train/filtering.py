@@ -44,13 +44,13 @@ def proxy_optimizer(setup: Setup, hyper: optim.Hyper) -> optax.GradientTransform
                                 setup.recipe.data.trained_batch, hyper, proxy.steps_per_epoch)
 
 
-def proxy_step(setup: Setup, state: TrainState, images: jax.Array, labels: jax.Array, idx: jax.Array,
+def proxy_step(setup: Setup, state: TrainState, images: jax.Array, labels: jax.Array, batches: jax.Array,
                backward: bool) -> tuple[TrainState, jax.Array]:
-    """One step of the proxy (`state`) on the training images `idx`: its state after a forward pass in
-    train mode (and with `backward`, its optimiser's step on the summed loss of the hardest examples),
-    and the positions in the batch of those hardest examples."""
+    """One step of the proxy (`state`) on its step's training images, `batches[state.step]` (run_batches):
+    its state after a forward pass in train mode (and with `backward`, its optimiser's step on the summed
+    loss of the hardest examples), and the positions in the batch of those hardest examples."""
     proxy, count = proxy_setup(setup), setup.recipe.data.trained_batch
-    x, y = steps.augmented_batch(proxy, state, images, labels, idx)
+    x, y = steps.augmented_batch(proxy, state, images, labels, batches[state.step])
     if backward:
         def kept_loss(losses):
             return jnp.sum(losses[hardest(jax.lax.stop_gradient(losses), count)])
@@ -67,16 +67,16 @@ def proxy_step(setup: Setup, state: TrainState, images: jax.Array, labels: jax.A
 # program would run both branches' convolutions as nested computations, many times slower on XLA:CPU.)
 @functools.partial(jax.jit, static_argnames="setup", donate_argnames="state")
 def proxy_learn(setup: Setup, state: TrainState, images: jax.Array, labels: jax.Array,
-                idx: jax.Array) -> tuple[TrainState, jax.Array]:
+                batches: jax.Array) -> tuple[TrainState, jax.Array]:
     """proxy_step with the optimiser's step."""
-    return proxy_step(setup, state, images, labels, idx, backward=True)
+    return proxy_step(setup, state, images, labels, batches, backward=True)
 
 
 @functools.partial(jax.jit, static_argnames="setup", donate_argnames="state")
 def proxy_score(setup: Setup, state: TrainState, images: jax.Array, labels: jax.Array,
-                idx: jax.Array) -> tuple[TrainState, jax.Array]:
+                batches: jax.Array) -> tuple[TrainState, jax.Array]:
     """proxy_step with the forward pass alone."""
-    return proxy_step(setup, state, images, labels, idx, backward=False)
+    return proxy_step(setup, state, images, labels, batches, backward=False)
 
 
 @functools.partial(jax.jit, static_argnames="setup")
